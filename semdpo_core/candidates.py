@@ -1,0 +1,53 @@
+"""Candidate generation: k rewrites per training prompt, sampled from the SFT rewriter."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from semdpo_core.rewriter import generate
+from semdpo_core.schemas import CANDIDATES
+from semdpo_core.seeds import derive_seed
+
+log = logging.getLogger("semdpo.candidates")
+
+
+def sample_candidates(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: list[str],
+    prompts: list[str],
+    *,
+    num_candidates: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+) -> pa.Table:
+    """A CANDIDATES table: one row per non-empty sampled rewrite, each with its render seed."""
+    rows: dict[str, list] = {name: [] for name in CANDIDATES.names}
+    empty = 0
+    for start in tqdm(range(0, len(prompts), batch_size), desc="candidates", unit="batch"):
+        batch_ids, batch_prompts = prompt_ids[start : start + batch_size], prompts[start : start + batch_size]
+        rewrites = generate(
+            model, tokenizer, batch_prompts, num_return_sequences=num_candidates, do_sample=True,
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+            seed=derive_seed(seed, f"candidates:{start}"),
+        )
+        for pid, prompt, options in zip(batch_ids, batch_prompts, rewrites, strict=True):
+            for j, rewrite in enumerate(options):
+                if not rewrite:
+                    empty += 1
+                    continue
+                candidate_id = f"{pid}-{j}"
+                rows["candidate_id"].append(candidate_id)
+                rows["prompt_id"].append(pid)
+                rows["prompt"].append(prompt)
+                rows["rewrite"].append(rewrite)
+                rows["seed"].append(derive_seed(seed, f"render:{candidate_id}"))
+    log.info("%d candidates for %d prompts (%d empty rewrites dropped)", len(rows["candidate_id"]), len(prompts), empty)
+    return pa.Table.from_pydict(rows, schema=CANDIDATES)

@@ -1,0 +1,86 @@
+"""Evaluation: rewrite held-out prompts with each method, render with shared seeds, score vs the original.
+
+Every method's image for a test prompt uses the same seed, so the methods differ only by the
+rewrite. Scores always compare the image with the ORIGINAL user prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import pyarrow as pa
+
+from semdpo_core.label import score_images
+from semdpo_core.schemas import EVALUATION, METRICS
+from semdpo_core.seeds import derive_seed
+
+log = logging.getLogger("semdpo.evaluate")
+
+
+def eval_seeds(seed: int, prompt_ids: list[str]) -> list[int]:
+    """One render seed per test prompt, shared by every method."""
+    return [derive_seed(seed, f"evaluate:{pid}") for pid in prompt_ids]
+
+
+def fill_empty(prompts: list[str], rewrites: list[str], method: str) -> list[str]:
+    """An empty rewrite falls back to the original prompt (counted in the log)."""
+    empty = sum(1 for r in rewrites if not r)
+    if empty:
+        log.warning("%s: %d of %d rewrites were empty; the original prompt is used for them", method, empty, len(rewrites))
+    return [r or p for p, r in zip(prompts, rewrites, strict=True)]
+
+
+def evaluation_rows(
+    method: str,
+    prompt_ids: list[str],
+    prompts: list[str],
+    rewrites: list[str],
+    seeds: list[int],
+    images: list[bytes],
+    scorers: dict[str, Any],
+    batch_size: int,
+) -> pa.Table:
+    """An EVALUATION table for one method: each image scored by every scorer against the original prompt."""
+    scores = {name: score_images(s, images, prompts, batch_size, desc=f"{method}:{name}") for name, s in scorers.items()}
+    return pa.Table.from_pydict(
+        {
+            "method": [method] * len(prompts),
+            "prompt_id": prompt_ids,
+            "prompt": prompts,
+            "rewrite": rewrites,
+            "seed": seeds,
+            "image": images,
+            "scores": [[(name, scores[name][i]) for name in scorers] for i in range(len(prompts))],
+        },
+        schema=EVALUATION,
+    )
+
+
+def summarize(evaluation: pa.Table) -> pa.Table:
+    """METRICS: mean and standard deviation of every score per method, methods in table order."""
+    values: dict[tuple[str, str], list[float]] = {}
+    for method, scores in zip(evaluation.column("method").to_pylist(), evaluation.column("scores").to_pylist()):
+        for name, value in scores:
+            values.setdefault((method, name), []).append(value)
+    rows: dict[str, list] = {name: [] for name in METRICS.names}
+    for (method, metric), xs in values.items():
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        for key, value in zip(METRICS.names, (method, metric, len(xs), mean, std)):
+            rows[key].append(value)
+    return pa.Table.from_pydict(rows, schema=METRICS)
+
+
+def format_metrics(metrics: pa.Table) -> str:
+    """A plain-text table: a row per method, a column per metric (mean ± std)."""
+    methods = list(dict.fromkeys(metrics.column("method").to_pylist()))
+    names = list(dict.fromkeys(metrics.column("metric").to_pylist()))
+    cell = {(r["method"], r["metric"]): f"{r['mean']:.4f} ± {r['std']:.4f}" for r in metrics.to_pylist()}
+    header = ["method"] + names
+    body = [[m] + [cell.get((m, n), "-") for n in names] for m in methods]
+    widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in [header] + body]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""Reward labelling: score every image against its original prompt, then pick chosen/rejected."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from semdpo_core.schemas import PAIRS
+from semdpo_core.scorers import Scorer, decode_png
+
+log = logging.getLogger("semdpo.label")
+
+
+def score_images(scorer: Scorer, images: list[bytes], prompts: list[str], batch_size: int, desc: str = "score") -> list[float]:
+    """The scorer's score of each PNG image against its prompt."""
+    scores: list[float] = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
+        batch = [decode_png(b) for b in images[start : start + batch_size]]
+        scores.extend(scorer.score(batch, prompts[start : start + batch_size]))
+    return scores
+
+
+def select_pairs(candidates: pa.Table, rewards: dict[str, float]) -> pa.Table:
+    """Per prompt, chosen = best-rewarded rewrite and rejected = worst; ties make no pair."""
+    by_prompt: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    texts = {}
+    for row in candidates.to_pylist():
+        if row["candidate_id"] in rewards:
+            by_prompt[row["prompt_id"]].append((row["candidate_id"], row["rewrite"], rewards[row["candidate_id"]]))
+            texts[row["prompt_id"]] = row["prompt"]
+    rows: dict[str, list] = {name: [] for name in PAIRS.names}
+    ties = same_text = too_few = 0
+    for pid, options in by_prompt.items():
+        if len(options) < 2:
+            too_few += 1
+            continue
+        best = max(options, key=lambda o: o[2])  # first of equal maxima: stable
+        worst = min(options, key=lambda o: o[2])
+        if best[2] == worst[2]:
+            ties += 1
+            continue
+        if best[1] == worst[1]:
+            same_text += 1
+            continue
+        rows["prompt_id"].append(pid)
+        rows["prompt"].append(texts[pid])
+        rows["chosen"].append(best[1])
+        rows["rejected"].append(worst[1])
+        rows["chosen_reward"].append(best[2])
+        rows["rejected_reward"].append(worst[2])
+    log.info(
+        "%d pairs from %d prompts (%d tied, %d with identical chosen/rejected text, %d with < 2 candidates)",
+        len(rows["prompt_id"]), len(by_prompt), ties, same_text, too_few,
+    )
+    return pa.Table.from_pydict(rows, schema=PAIRS)

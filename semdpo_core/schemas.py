@@ -1,0 +1,126 @@
+"""The pyarrow schema of every table a stage writes: one place defines them all.
+
+A table that does not match its schema is refused with an error naming the file and column.
+Bump SCHEMA_VERSION when a schema changes: it is part of every fingerprint.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+PROMPTS = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("prompt", pa.string()),
+        ("split", pa.string()),  # "train" or "test"
+        ("source", pa.string()),  # file (or demo set) and line the prompt came from
+    ]
+)
+
+SFT_PAIRS = pa.schema([("original", pa.string()), ("rewrite", pa.string())])
+
+CANDIDATES = pa.schema(
+    [
+        ("candidate_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("prompt", pa.string()),
+        ("rewrite", pa.string()),
+        ("seed", pa.int64()),  # the render seed of this candidate
+    ]
+)
+
+IMAGES = pa.schema(
+    [
+        ("candidate_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("seed", pa.int64()),
+        ("image", pa.binary()),  # PNG bytes
+    ]
+)
+
+REWARDS = pa.schema(
+    [
+        ("candidate_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("reward", pa.float64()),  # reward model's score of the image vs the ORIGINAL prompt
+    ]
+)
+
+PAIRS = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("chosen_reward", pa.float64()),
+        ("rejected_reward", pa.float64()),
+    ]
+)
+
+WEIGHTS = pa.schema(
+    list(PAIRS)
+    + [
+        ("semantic_distance", pa.float64()),  # 1 - cos(e(prompt), e(chosen))
+        ("semantic_weight", pa.float64()),  # exp(-alpha * semantic_distance)
+    ]
+)
+
+TRAIN_LOG = pa.schema(
+    [
+        ("method", pa.string()),
+        ("step", pa.int64()),
+        ("loss", pa.float64()),
+        ("reward_margin", pa.float64()),
+        ("accuracy", pa.float64()),
+        ("mean_weight", pa.float64()),
+    ]
+)
+
+SFT_LOG = pa.schema([("step", pa.int64()), ("loss", pa.float64())])
+
+EVALUATION = pa.schema(
+    [
+        ("method", pa.string()),
+        ("prompt_id", pa.string()),
+        ("prompt", pa.string()),
+        ("rewrite", pa.string()),
+        ("seed", pa.int64()),
+        ("image", pa.binary()),
+        ("scores", pa.map_(pa.string(), pa.float64())),  # scorer name -> image vs ORIGINAL prompt
+    ]
+)
+
+METRICS = pa.schema(
+    [
+        ("method", pa.string()),
+        ("metric", pa.string()),
+        ("n", pa.int64()),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+    ]
+)
+
+
+class SchemaError(ValueError):
+    """A table whose columns do not match the stage's schema."""
+
+
+def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """Return `table` with exactly `schema`'s columns and types, or raise naming `where` and the column."""
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise SchemaError(f"{where}: missing column(s) {', '.join(missing)}; expected {schema.names}")
+    columns = []
+    for field in schema:
+        column = table.column(field.name)
+        if not column.type.equals(field.type):
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise SchemaError(
+                    f"{where}: column {field.name!r} has type {column.type}, expected {field.type} ({e})"
+                ) from None
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)

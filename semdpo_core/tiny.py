@@ -1,0 +1,169 @@
+"""Tiny random-weight models with the real architectures, for the offline default.
+
+Each is built deterministically from a seed, saved with `save_pretrained` and from then on loaded
+like any other model, with the libraries' own `from_pretrained`. Their outputs mean nothing;
+the code path around them is the real one. Bump TINY_VERSION when a builder changes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+TINY_VERSION = 1
+CLIP_MAX_LENGTH = 77
+
+
+def build_rewriter(path: Path, seed: int) -> None:
+    """A GPT-2 style causal LM with a byte-level BPE tokenizer trained on the demo text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from semdpo_core.prompts import read_records
+
+    texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts") for r in read_records(f"demo:{s}", ["prompt"])]
+    texts += [v for r in read_records("demo:sft_pairs", ["original", "rewrite"]) for v in r.fields.values()]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.model_max_length = 128
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _clip_tokenizer(path: Path) -> None:
+    """CLIP's real BPE vocabulary, taken from open_clip's packaged file, as a transformers tokenizer."""
+    import open_clip.tokenizer as oct
+    from transformers import CLIPTokenizer
+
+    merges = gzip.open(oct.default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(oct.bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(
+        vocab={t: i for i, t in enumerate(vocab)},
+        merges=[tuple(m.split()) for m in merges],
+        model_max_length=CLIP_MAX_LENGTH,
+    )
+    if len(tokenizer) != len(vocab):
+        raise RuntimeError(f"CLIP tokenizer has {len(tokenizer)} tokens, expected {len(vocab)}")
+    tokenizer.save_pretrained(path)
+
+
+def build_stable_diffusion(path: Path, seed: int) -> None:
+    """Stable Diffusion's pipeline at toy width: UNet, 8x-downsampling VAE, CLIP text encoder, DDIM."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    _clip_tokenizer(path / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=CLIP_MAX_LENGTH, projection_dim=32,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=64,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+
+
+def build_clip(path: Path, seed: int) -> None:
+    """A CLIP dual encoder (transformers CLIPModel) with a CLIP processor, at toy width."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    _clip_tokenizer(path)
+    tokenizer = CLIPTokenizer.from_pretrained(path)
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=CLIP_MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            image_size=64, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2,
+        ),
+        projection_dim=32,
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    CLIPModel(config).save_pretrained(path)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+
+
+BUILDERS: dict[str, tuple[Callable[[Path, int], None], int]] = {
+    # name: (builder, seed)
+    "rewriter": (build_rewriter, 1),
+    "stable-diffusion": (build_stable_diffusion, 2),
+    "clip": (build_clip, 3),
+    "pickscore": (build_clip, 4),
+}
+
+
+def ensure_tiny(name: str, cache_dir: Path) -> Path:
+    """The local directory of tiny model `name`, built (atomically) on first use."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown tiny model 'tiny:{name}'; choose one of {', '.join(BUILDERS)}")
+    builder, seed = BUILDERS[name]
+    target = cache_dir / f"{name}-v{TINY_VERSION}-seed{seed}"
+    if (target / ".complete").is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{name}-"))
+    try:
+        builder(tmp, seed)
+        (tmp / ".complete").write_text("built by semdpo_core.tiny\n")
+        if not (target / ".complete").is_file():  # else a concurrent build finished first
+            shutil.rmtree(target, ignore_errors=True)  # a half-built leftover from a crash
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
