@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Optional
 
 import typer
@@ -28,8 +27,14 @@ def run(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     from flows.pipeline import pipeline
+    from semdpo_core.models import ModelNotFound
+    from semdpo_core.prompts import PromptFileError
 
-    table = pipeline(config_path=config, overrides=set_ or [])
+    try:
+        table = pipeline(config_path=config, overrides=set_ or [])
+    except (PromptFileError, ModelNotFound, NotImplementedError) as e:
+        typer.echo(f"\nerror: {e}\nFinished stages are kept in the store; fix the input and run again.", err=True)
+        raise typer.Exit(1) from None
     typer.echo("\nSem-DPO evaluation: image vs ORIGINAL prompt, mean ± std over test prompts\n")
     typer.echo(table)
 

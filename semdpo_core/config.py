@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Section(BaseModel):
@@ -126,6 +126,13 @@ class PipelineConfig(Section):
     weigh: WeighConfig = WeighConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _evaluated_methods_are_trained(self) -> PipelineConfig:
+        untrained = [m for m in self.evaluate.methods if m not in ("human", "sft") and m not in self.train.methods]
+        if untrained:
+            raise ValueError(f"evaluate.methods {untrained} are not in train.methods {self.train.methods}")
+        return self
 
     def store_root(self) -> str:
         """The store root: the config's, else $SEMDPO_STORE, else a folder in the user's cache."""

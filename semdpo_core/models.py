@@ -51,6 +51,8 @@ def resolve(ref: str) -> str:
 def pretrained(loader: Any, ref: str, **kwargs: Any) -> Any:
     """`loader.from_pretrained(resolve(ref))`, with a clear error when the model is not here."""
     target = resolve(ref)
+    if target.startswith(("/", ".", "~")) and not Path(target).expanduser().exists():
+        raise ModelNotFound(f"cannot load model {ref!r}: local directory {target} does not exist")
     try:
         return loader.from_pretrained(target, **kwargs)
     except OSError as e:

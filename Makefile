@@ -1,0 +1,26 @@
+# semdpo: the two commands a new user runs on a fresh clone.
+#   make demo   install into .venv, run the whole pipeline on the offline default
+#   make test   install into .venv (with test extras), run the test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+PIP    := $(VENV)/bin/pip
+
+.PHONY: install demo test clean-store
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/semdpo run
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+clean-store:
+	rm -rf $${SEMDPO_STORE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/semdpo/store}

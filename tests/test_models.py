@@ -1,0 +1,46 @@
+"""Tiny models load back through the libraries' own from_pretrained with their real vocabularies."""
+
+import pytest
+import torch
+
+from semdpo_core.models import ModelNotFound, check_vocab, load_diffusion, load_rewriter, pretrained
+from semdpo_core.weigh import SemanticEncoder
+
+CPU = torch.device("cpu")
+
+
+def test_tiny_rewriter_and_diffusion_load_with_full_tokenizers():
+    model, tokenizer = load_rewriter("tiny:rewriter", CPU)
+    assert len(tokenizer) == model.config.vocab_size > 500
+    assert tokenizer.decode(tokenizer("a red fox at sunset").input_ids) == "a red fox at sunset"
+    pipe = load_diffusion("tiny:stable-diffusion", CPU)
+    assert len(pipe.tokenizer) == 49408  # CLIP's real BPE vocabulary
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.vae_scale_factor == 8
+
+
+def test_almost_empty_tokenizer_is_refused():
+    class Empty:
+        def __len__(self):
+            return 3
+
+    with pytest.raises(ModelNotFound, match="tokenizer of 'some/model' has 3 tokens"):
+        check_vocab(Empty(), 50257, "some/model")
+
+
+def test_missing_model_names_the_id_and_how_to_provide_it(tmp_path):
+    from transformers import AutoConfig
+
+    with pytest.raises(ModelNotFound, match=r"cannot load model '.*no-such-model': local directory .* does not exist"):
+        pretrained(AutoConfig, str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelNotFound, match=r"(?s)cannot load model 'nobody/no-such-model'.*hf download nobody/no-such-model"):
+        pretrained(AutoConfig, "nobody/no-such-model")
+
+
+def test_offline_semantic_encoder_is_real_minilm():
+    encoder = SemanticEncoder("sentence-transformers/all-MiniLM-L6-v2", CPU)
+    e = encoder.encode(["a desert city at noon", "a city in the desert at midday", "a bowl of ramen"])
+    assert e.shape == (3, 384)
+    assert torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
+    # real weights: paraphrases are closer than unrelated prompts
+    assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.3

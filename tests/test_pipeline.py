@@ -1,0 +1,98 @@
+"""End to end: the Prefect flow on a very small offline config, reruns, alpha changes, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from semdpo_core.config import load_config
+from semdpo_core.plan import flat_refs, plan_pipeline
+from semdpo_core.schemas import EVALUATION, PAIRS
+from semdpo_core.store import ArtifactStore
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "data": {"max_train_prompts": 8, "max_test_prompts": 4},
+    "sft": {"epochs": 1},
+    "candidates": {"num_candidates": 3, "max_new_tokens": 12},
+    "render": {"num_inference_steps": 2, "height": 32, "width": 32},
+    "train": {"epochs": 1},
+    "evaluate": {"max_new_tokens": 12},
+}
+
+
+def small_config(tmp_path: Path, store: str, **extra) -> Path:
+    path = tmp_path / f"small-{store}.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, **extra, "store": str(tmp_path / store)}))
+    return path
+
+
+def manifests(config_path: Path, overrides=()) -> dict[str, dict]:
+    config = load_config(config_path, list(overrides))
+    store = ArtifactStore(config.store_root())
+    return {label: store.manifest(ref) for label, ref in flat_refs(plan_pipeline(config))}
+
+
+def task_states(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(r.state.name for r in runs)
+
+
+def test_pipeline_runs_reruns_and_reproduces(tmp_path, prefect_server):
+    from flows.pipeline import pipeline
+
+    config = small_config(tmp_path, "a")
+    state = pipeline(config_path=str(config), return_state=True)
+    assert state.is_completed()
+    table = state.result()
+    for method in ("human", "sft", "dpo", "sem_dpo"):
+        assert any(line.startswith(method) for line in table.splitlines())
+    first = manifests(config)
+    cfg = load_config(config)
+    store, plan = ArtifactStore(cfg.store_root()), plan_pipeline(cfg)
+    evaluation = store.read_table(plan["evaluate"], EVALUATION)
+    assert evaluation.num_rows == 4 * 4
+    assert sorted(set(evaluation.column("method").to_pylist())) == ["dpo", "human", "sem_dpo", "sft"]
+    pairs = store.read_table(plan["pairs"], PAIRS)
+    assert pairs.num_rows > 0 and all(r["chosen_reward"] > r["rejected_reward"] for r in pairs.to_pylist())
+
+    # a rerun does no work: every task Cached, every manifest untouched
+    rerun = pipeline(config_path=str(config), return_state=True)
+    assert task_states(rerun.state_details.flow_run_id) == ["Cached"] * len(first)
+    assert manifests(config) == first
+    runs = sorted((Path(cfg.store_root()) / "runs").glob("*/run.json"))
+    assert all(stage["reused"] for stage in json.loads(runs[-1].read_text())["stages"].values())
+
+    # the same config in a fresh store: the same fingerprints and byte-identical tables
+    other = small_config(tmp_path, "b")
+    pipeline(config_path=str(other))
+    again = manifests(other)
+    assert {k: [p["sha256"] for p in m["parts"]] for k, m in again.items()} == {
+        k: [p["sha256"] for p in m["parts"]] for k, m in first.items()
+    }
+
+    # a new alpha reruns only weigh, Sem-DPO training and evaluation
+    pipeline(config_path=str(config), overrides=["weigh.alpha=1.5"])
+    runs = sorted((Path(cfg.store_root()) / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime)
+    stages = json.loads(runs[-1].read_text())["stages"]
+    assert sorted(k for k, v in stages.items() if not v["reused"]) == ["evaluate", "train:sem_dpo", "weigh"]
+
+
+def test_bad_prompt_file_stops_the_run_before_any_stage(tmp_path):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "a red fox"}\n{"prompt": "an owl",}\n')
+    config = small_config(tmp_path, "bad", data={**SMALL["data"], "train_prompts": str(bad)})
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1
+    assert f"{bad}:2: malformed JSON" in result.stderr
+    assert not any((tmp_path / "bad").glob("*/*/_manifest.json"))

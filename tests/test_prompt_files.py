@@ -1,0 +1,108 @@
+"""Bad prompt files are refused with an error naming the file and the line or column."""
+
+import logging
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from semdpo_core.prompts import PromptFileError, clean_prompts, load_split, prompt_table, read_records
+
+
+def never_too_long(text):
+    return None
+
+
+def test_each_format_reads_the_same_prompts(tmp_path):
+    texts = ["a red fox", "an old lighthouse, at dusk"]
+    (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "p.csv").write_text('prompt,other\n"a red fox",1\n"an old lighthouse, at dusk",2\n')
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a red fox"}\n{"prompt": "an old lighthouse, at dusk", "x": 1}\n')
+    pq.write_table(pa.table({"prompt": texts}), tmp_path / "p.parquet")
+    for name in ("p.txt", "p.csv", "p.jsonl", "p.parquet"):
+        assert [r.fields["prompt"] for r in read_records(str(tmp_path / name), ["prompt"])] == texts
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"fine prompt\nsecond\nbroken \xff\xfe prompt\n")
+    with pytest.raises(PromptFileError, match=r"bad.txt:3: invalid UTF-8"):
+        read_records(str(path), ["prompt"])
+
+
+def test_malformed_csv_row_names_the_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text('prompt,score\n"ok",1\n"too","many",3\n')
+    with pytest.raises(PromptFileError, match=r"bad.csv:3: row has 3 fields"):
+        read_records(str(path), ["prompt"])
+    path.write_text('prompt\n"ok"\n"unclosed quote\n')
+    with pytest.raises(PromptFileError, match=r"bad.csv:\d+: malformed CSV row"):
+        read_records(str(path), ["prompt"])
+
+
+def test_missing_csv_column_names_the_columns(tmp_path):
+    path = tmp_path / "cols.csv"
+    path.write_text("text\nhello\n")
+    with pytest.raises(PromptFileError, match=r"cols.csv: missing column\(s\) \['prompt'\]; the header has \['text'\]"):
+        read_records(str(path), ["prompt"])
+
+
+def test_malformed_or_mistyped_jsonl_row_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "ok"}\n{"prompt": "broken"\n')
+    with pytest.raises(PromptFileError, match=r"bad.jsonl:2: malformed JSON"):
+        read_records(str(path), ["prompt"])
+    path.write_text('{"prompt": "ok"}\n\n{"prompt": 42}\n')
+    with pytest.raises(PromptFileError, match=r"bad.jsonl:3: field 'prompt' must be a string, got int"):
+        read_records(str(path), ["prompt"])
+    path.write_text('{"text": "ok"}\n')
+    with pytest.raises(PromptFileError, match=r"bad.jsonl:1: missing field 'prompt'"):
+        read_records(str(path), ["prompt"])
+
+
+def test_parquet_missing_mistyped_and_truncated(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"text": ["a"]}), path)
+    with pytest.raises(PromptFileError, match=r"p.parquet: missing column 'prompt'"):
+        read_records(str(path), ["prompt"])
+    pq.write_table(pa.table({"prompt": [1, 2]}), path)
+    with pytest.raises(PromptFileError, match=r"p.parquet: column 'prompt' has type int64, expected string"):
+        read_records(str(path), ["prompt"])
+    pq.write_table(pa.table({"prompt": ["a red fox"] * 100}), path)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(PromptFileError, match=r"p.parquet: not a readable Parquet file"):
+        read_records(str(path), ["prompt"])
+
+
+def test_unknown_type_and_missing_file(tmp_path):
+    with pytest.raises(PromptFileError, match="unknown prompt file type '.xlsx'"):
+        read_records(str(tmp_path / "p.xlsx"), ["prompt"])
+    with pytest.raises(PromptFileError, match="does not exist"):
+        read_records(str(tmp_path / "nope.txt"), ["prompt"])
+
+
+def test_blank_lines_skipped_and_duplicates_dropped_with_counts(tmp_path, caplog):
+    path = tmp_path / "p.txt"
+    path.write_text("a red fox\n\n   \nan owl\na  red   fox\nan owl\n")
+    with caplog.at_level(logging.INFO, logger="semdpo"):
+        kept = clean_prompts(read_records(str(path), ["prompt"]), "prompt")
+    assert [r.fields["prompt"] for r in kept] == ["a red fox", "an owl"]
+    assert [r.source for r in kept] == [f"{path}:1", f"{path}:4"]
+    assert "2 prompts kept, 2 blank skipped, 2 duplicates dropped" in caplog.text
+
+
+def test_too_long_prompts_are_reported_with_their_line_not_cut(tmp_path, caplog):
+    path = tmp_path / "p.txt"
+    path.write_text("short one\n" + "very " * 40 + "long\nshort two\n")
+    with caplog.at_level(logging.WARNING, logger="semdpo"):
+        kept = load_split(str(path), "prompt", None, lambda t: len(t.split()) if len(t.split()) > 10 else None)
+    assert [r.fields["prompt"] for r in kept] == ["short one", "short two"]
+    assert f"{path}:2: prompt of 41 tokens exceeds" in caplog.text
+
+
+def test_prompt_table_keeps_test_prompts_out_of_training(tmp_path):
+    (tmp_path / "train.txt").write_text("a\nb\nc\n")
+    (tmp_path / "test.txt").write_text("b\nd\n")
+    table = prompt_table(str(tmp_path / "train.txt"), str(tmp_path / "test.txt"), "prompt", None, None, never_too_long)
+    rows = [(r["prompt"], r["split"]) for r in table.to_pylist()]
+    assert rows == [("a", "train"), ("c", "train"), ("b", "test"), ("d", "test")]
