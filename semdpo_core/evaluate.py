@@ -11,9 +11,15 @@ import math
 from typing import Any
 
 import pyarrow as pa
+import torch
 
+from semdpo_core.config import EvaluateConfig, RenderConfig
 from semdpo_core.label import score_images
+from semdpo_core.models import load_diffusion, load_rewriter
+from semdpo_core.render import render_images
+from semdpo_core.rewriter import generate
 from semdpo_core.schemas import EVALUATION, METRICS
+from semdpo_core.scorers import load_scorer
 from semdpo_core.seeds import derive_seed
 
 log = logging.getLogger("semdpo.evaluate")
@@ -84,3 +90,45 @@ def format_metrics(metrics: pa.Table) -> str:
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in [header] + body]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def rewrite_prompts(model: Any, tokenizer: Any, prompts: list[str], *, batch_size: int, max_new_tokens: int) -> list[str]:
+    """One greedy rewrite per prompt (deterministic, as the methods are compared)."""
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = generate(model, tokenizer, prompts[start : start + batch_size], max_new_tokens=max_new_tokens)
+        out.extend(options[0] for options in batch)
+    return out
+
+
+def evaluate_methods(
+    prompt_ids: list[str],
+    prompts: list[str],
+    checkpoints: dict[str, str | None],
+    settings: EvaluateConfig,
+    render: RenderConfig,
+    device: torch.device,
+    seed: int,
+) -> pa.Table:
+    """EVALUATION rows of every method; `checkpoints` maps a method to its rewriter (None: human input)."""
+    seeds = eval_seeds(seed, prompt_ids)
+    rewrites: dict[str, list[str]] = {}
+    for method, checkpoint in checkpoints.items():
+        if checkpoint is None:
+            rewrites[method] = prompts
+            continue
+        model, tokenizer = load_rewriter(checkpoint, device)
+        out = rewrite_prompts(model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
+        rewrites[method] = fill_empty(prompts, out, method)
+        del model
+    pipe = load_diffusion(render.model, device)
+    scorers = {name: load_scorer(s.kind, s.model, s.processor, device) for name, s in settings.scorers.items()}
+    parts = []
+    for method, method_rewrites in rewrites.items():
+        images = render_images(
+            pipe, method_rewrites, seeds, num_inference_steps=render.num_inference_steps,
+            guidance_scale=render.guidance_scale, height=render.height, width=render.width,
+            batch_size=render.batch_size, desc=f"render:{method}",
+        )
+        parts.append(evaluation_rows(method, prompt_ids, prompts, method_rewrites, seeds, images, scorers, settings.batch_size))
+    return pa.concat_tables(parts)

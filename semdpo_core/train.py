@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from semdpo_core.config import TrainConfig
 from semdpo_core.losses import dpo_logits, dpo_loss, sem_dpo_loss
+from semdpo_core.models import load_rewriter
 from semdpo_core.rewriter import encode_pairs, sequence_logps
 
 log = logging.getLogger("semdpo.train")
@@ -115,3 +117,19 @@ def train_preference(
     last = history[-1]
     log.info("%s: %d steps, final loss %.4f, reward margin %.4f", method, len(history), last["loss"], last["reward_margin"])
     return history
+
+
+def train_from_sft(
+    sft_checkpoint: str, data: PreferenceData, method: str, settings: TrainConfig, device: torch.device, seed: int
+) -> tuple[Any, Any, list[dict[str, float]]]:
+    """Reference log-probs from the SFT model, then a policy initialised from it trained with `method`."""
+    reference, tokenizer = load_rewriter(sft_checkpoint, device)
+    ref_chosen, ref_rejected = reference_logps(reference, tokenizer, data, settings.batch_size, settings.max_length)
+    del reference  # training holds only the policy
+    policy, tokenizer = load_rewriter(sft_checkpoint, device)
+    history = train_preference(
+        policy, tokenizer, data, ref_chosen, ref_rejected, method=method, beta=settings.beta,
+        learning_rate=settings.learning_rate, batch_size=settings.batch_size, epochs=settings.epochs,
+        max_length=settings.max_length, seed=seed,
+    )
+    return policy, tokenizer, history
