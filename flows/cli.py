@@ -20,19 +20,23 @@ def run(
 ) -> None:
     """Run the whole pipeline; finished stages are reused from the store."""
     from semdpo_core.config import ConfigError, load_config
+    from semdpo_core.prompts import PromptFileError, check_sources
 
-    try:
-        load_config(config, set_)  # fail here, before Prefect starts, on a bad config
-    except ConfigError as e:
+    try:  # fail here, before Prefect starts, on a bad config or bad input files
+        cfg = load_config(config, set_)
+        d = cfg.data
+        check_sources(d.train_prompts, d.test_prompts, d.sft_pairs, d.prompt_column)
+    except (ConfigError, PromptFileError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     from flows.pipeline import pipeline
+    from semdpo_core.backends import StoreError
     from semdpo_core.models import ModelNotFound
-    from semdpo_core.prompts import PromptFileError
+    from semdpo_core.store import CorruptArtifact
 
     try:
         table = pipeline(config_path=config, overrides=set_ or [])
-    except (PromptFileError, ModelNotFound, NotImplementedError) as e:
+    except (PromptFileError, ModelNotFound, NotImplementedError, StoreError, CorruptArtifact) as e:
         typer.echo(f"\nerror: {e}\nFinished stages are kept in the store; fix the input and run again.", err=True)
         raise typer.Exit(1) from None
     typer.echo("\nSem-DPO evaluation: image vs ORIGINAL prompt, mean ± std over test prompts\n")
@@ -40,20 +44,21 @@ def run(
 
 
 @app.command()
-def plan(
-    config: Annotated[Optional[str], typer.Argument(help="pipeline config YAML")] = None,
+def status(
+    config: Annotated[Optional[str], typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Show each stage's fingerprint and whether the store already holds it."""
+    """Show, per stage, whether the store holds it: done, damaged, partly done (shards) or missing."""
     from semdpo_core.config import load_config
-    from semdpo_core.plan import flat_refs, plan_pipeline
-    from semdpo_core.store import ArtifactStore
+    from semdpo_core.status import pipeline_status
 
     cfg = load_config(config, set_)
-    store = ArtifactStore(cfg.store_root())
-    typer.echo(f"store: {cfg.store_root()}")
-    for label, ref in flat_refs(plan_pipeline(cfg)):
-        typer.echo(f"{label:16s} {ref.fingerprint}  {'done' if store.is_committed(ref) else 'to do'}")
+    typer.echo(f"config {cfg.name!r}, store {cfg.store_root()}")
+    rows = pipeline_status(cfg)
+    for row in rows:
+        typer.echo(f"  {row.label:16s} {row.ref.fingerprint}  {row.state:8s} {row.detail}")
+    done = sum(r.state == "done" for r in rows)
+    typer.echo(f"{done} of {len(rows)} stage outputs done")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from semdpo_core.evaluate import format_metrics, summarize
 from semdpo_core.plan import flat_refs, plan_pipeline
 from semdpo_core.schemas import EVALUATION
 from tasks.candidates import candidates as candidates_task
+from tasks.candidates import num_shards as candidates_shards
 from tasks.common import open_store
 from tasks.evaluate import evaluate as evaluate_task
 from tasks.label import label as label_task
@@ -25,21 +26,28 @@ from tasks.prompts import prompts as prompts_task
 from tasks.render import render as render_task
 from tasks.sft import sft as sft_task
 from tasks.train import train as train_task
+from tasks.weigh import num_shards as weigh_shards
 from tasks.weigh import weigh as weigh_task
 
 
 def run_stages(config: PipelineConfig, plan: dict[str, Any]) -> None:
-    """Each stage in order, passing only store references between them."""
+    """Each stage in order, passing only store references between them. Sharded stages run
+    one task per shard: candidates shard the training prompts, render and label follow the
+    candidates' shards, weigh shards the pairs."""
     prompts = prompts_task(config, plan["prompts"])
     sft = sft_task(config, plan["sft"])
-    candidates = candidates_task(config, plan["candidates"], prompts=prompts, sft=sft)
-    images = render_task(config, plan["render"], candidates=candidates)
-    rewards = label_task(config, plan["label"], candidates=candidates, images=images)
+    candidates = candidates_task(
+        config, plan["candidates"], candidates_shards(config, prompts), prompts=prompts, sft=sft
+    )
+    shards = open_store(config).num_parts(candidates)
+    images = render_task(config, plan["render"], shards, candidates=candidates)
+    rewards = label_task(config, plan["label"], shards, candidates=candidates, images=images)
     pairs = pairs_task(config, plan["pairs"], candidates=candidates, rewards=rewards)
-    weights = weigh_task(config, plan["weigh"], pairs=pairs)
+    weights = weigh_task(config, plan["weigh"], weigh_shards(config, pairs), pairs=pairs)
     trained = {
-        method: train_task.with_options(name=f"train-{method}")(
-            config, ref, method=method, sft=sft, pairs=weights if method == "sem_dpo" else pairs
+        method: train_task(
+            config, ref, task_name=f"train-{method}", method=method, sft=sft,
+            pairs=weights if method == "sem_dpo" else pairs,
         )
         for method, ref in plan["train"].items()
     }

@@ -27,6 +27,7 @@ def sample_candidates(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
+    shard: int = 0,
 ) -> pa.Table:
     """A CANDIDATES table: one row per non-empty sampled rewrite, each with its render seed."""
     rows: dict[str, list] = {name: [] for name in CANDIDATES.names}
@@ -36,7 +37,7 @@ def sample_candidates(
         rewrites = generate(
             model, tokenizer, batch_prompts, num_return_sequences=num_candidates, do_sample=True,
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-            seed=derive_seed(seed, f"candidates:{start}"),
+            seed=derive_seed(seed, f"candidates:{shard}:{start}"),
         )
         for pid, prompt, options in zip(batch_ids, batch_prompts, rewrites, strict=True):
             for j, rewrite in enumerate(options):

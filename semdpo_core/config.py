@@ -97,6 +97,7 @@ class TrainConfig(Section):
     batch_size: int = Field(8, ge=1)
     epochs: int = Field(2, ge=1)
     max_length: int = Field(96, ge=8)
+    checkpoint_every: int = Field(4, ge=0, description="steps between resumable checkpoints; 0: none")
 
 
 class EvaluateConfig(Section):
@@ -118,6 +119,9 @@ class PipelineConfig(Section):
     seed: int = 0
     store: str | None = Field(None, description="artifact store root; default $SEMDPO_STORE")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    shard_size: int = Field(
+        16, ge=1, description="prompts per shard (candidates, render, label) and pairs per shard (weigh)"
+    )
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
     candidates: CandidatesConfig = CandidatesConfig()

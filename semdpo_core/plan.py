@@ -24,12 +24,15 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
         "sft",
         {"sft": config.sft.model_dump(), "pairs": source_digest(config.data.sft_pairs), "seed": config.seed},
     )
-    candidates = fingerprint("candidates", {"candidates": config.candidates.model_dump(), "seed": config.seed}, [prompts, sft])
-    render = fingerprint("render", config.render.model_dump(), [candidates])
-    label = fingerprint("label", config.label.model_dump(), [candidates, render])
+    shards = {"shard_size": config.shard_size}
+    candidates = fingerprint(
+        "candidates", {"candidates": config.candidates.model_dump(), "seed": config.seed, **shards}, [prompts, sft]
+    )
+    render = fingerprint("render", {**config.render.model_dump(), **shards}, [candidates])
+    label = fingerprint("label", {**config.label.model_dump(), **shards}, [candidates, render])
     pairs = fingerprint("pairs", {}, [candidates, label])
-    weigh = fingerprint("weigh", config.weigh.model_dump(), [pairs])
-    train_settings = config.train.model_dump(exclude={"methods"})
+    weigh = fingerprint("weigh", {**config.weigh.model_dump(), **shards}, [pairs])
+    train_settings = config.train.model_dump(exclude={"methods", "checkpoint_every"})  # results do not depend on it
     train = {
         method: fingerprint(
             "train",

@@ -222,3 +222,10 @@ def prompt_table(
         },
         schema=PROMPTS,
     )
+
+
+def check_sources(train_prompts: str, test_prompts: str, sft_pairs: str, column: str) -> None:
+    """Read every input file once, so that bad data stops a run before any stage starts."""
+    read_records(train_prompts, [column])
+    read_records(test_prompts, [column])
+    read_records(sft_pairs, ["original", "rewrite"])

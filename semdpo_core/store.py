@@ -1,14 +1,15 @@
 """The artifact store: content-addressed stage outputs, committed by a manifest written last.
 
 Layout (DESIGN.md):
-    <root>/<stage>/<fingerprint>/part-00000.parquet ...   table parts
+    <root>/<stage>/<fingerprint>/part-00000.parquet ...   table parts, one per shard
+    <root>/<stage>/<fingerprint>/_shards/part-00000.json   a shard's commit record (rows, checksums)
     <root>/<stage>/<fingerprint>/files/...                other files (checkpoints)
-    <root>/<stage>/<fingerprint>/_manifest.json           the commit point
-    <root>/runs/<run-id>/run.json                         which fingerprint each stage used
+    <root>/<stage>/<fingerprint>/_manifest.json           the commit point of the whole dataset
+    <root>/runs/<run-id>/run.json                         which fingerprint each stage of a run used
 
-A dataset without a manifest does not exist for readers. Every object is written under a
-temporary name and moved into place, so a crash never leaves a half-written file under a
-final key. Backends hold bytes under keys; everything else lives here, above them.
+A part is written under its final key in one step, then its shard record; a shard is done when
+its record exists and the part's bytes match it. The manifest is written last: a dataset
+without one does not exist for readers, and every read checks the bytes against it.
 """
 
 from __future__ import annotations
@@ -16,77 +17,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from semdpo_core.backends import Backend, KeyMissing, LocalBackend, digests, open_backend
 from semdpo_core.schemas import SCHEMA_VERSION, conform
 
 MANIFEST = "_manifest.json"
-
-
-class Backend(Protocol):
-    """Bytes under keys. Writes are atomic: a key holds either nothing or all of its bytes."""
-
-    def read_bytes(self, key: str) -> bytes: ...
-    def write_bytes(self, key: str, data: bytes) -> None: ...
-    def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str) -> list[str]: ...
-    def describe(self, key: str) -> str: ...
-
-
-class LocalBackend:
-    """A directory on this machine (the default: no server needed)."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root).expanduser().resolve()
-
-    def path(self, key: str) -> Path:
-        return self.root / key
-
-    def read_bytes(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
-
-    def list(self, prefix: str) -> list[str]:
-        base = self.path(prefix)
-        if not base.is_dir():
-            return []
-        return sorted(
-            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
-        )
-
-    def describe(self, key: str) -> str:
-        return str(self.path(key))
-
-
-def open_backend(root: str) -> Backend:
-    """The backend for a store root: a local directory (S3 arrives with its own issue)."""
-    if "://" in root and not root.startswith("file://"):
-        raise ValueError(f"store {root!r}: only local directories are supported so far")
-    return LocalBackend(root.removeprefix("file://"))
 
 
 @dataclass(frozen=True)
@@ -107,20 +50,15 @@ class DatasetRef:
 def fingerprint(stage: str, settings: Any, inputs: list[DatasetRef] | tuple[DatasetRef, ...] = ()) -> DatasetRef:
     """Hash of stage name, its settings, its inputs' fingerprints and the schema version."""
     payload = json.dumps(
-        {
-            "stage": stage,
-            "schema_version": SCHEMA_VERSION,
-            "settings": settings,
-            "inputs": [str(ref) for ref in inputs],
-        },
+        {"stage": stage, "schema_version": SCHEMA_VERSION, "settings": settings, "inputs": [str(r) for r in inputs]},
         sort_keys=True,
         default=str,
     )
     return DatasetRef(stage, hashlib.sha256(payload.encode()).hexdigest()[:16])
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
 
 
 class DatasetMissing(FileNotFoundError):
@@ -136,34 +74,69 @@ class ArtifactStore:
 
     def __init__(self, root: str):
         self.root = root
-        self.backend = open_backend(root)
+        self.backend: Backend = open_backend(root)
 
-    # -- reading -----------------------------------------------------------------------------
+    # -- state -------------------------------------------------------------------------------
     def is_committed(self, ref: DatasetRef) -> bool:
         return self.backend.exists(f"{ref.prefix}/{MANIFEST}")
 
     def manifest(self, ref: DatasetRef) -> dict[str, Any]:
         key = f"{ref.prefix}/{MANIFEST}"
-        if not self.backend.exists(key):
+        try:
+            return json.loads(self.backend.read_bytes(key))
+        except KeyMissing:
             raise DatasetMissing(
                 f"dataset {ref} has no manifest at {self.backend.describe(key)}: its stage never finished; "
                 "rerun the pipeline to produce it"
-            )
-        return json.loads(self.backend.read_bytes(key))
+            ) from None
 
+    def shard_record(self, ref: DatasetRef, index: int) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.backend.read_bytes(f"{ref.prefix}/_shards/{part_name(index)}.json"))
+        except KeyMissing:
+            return None
+
+    def shard_is_done(self, ref: DatasetRef, index: int) -> bool:
+        """The shard's part is committed and its bytes still match its record."""
+        record = self.shard_record(ref, index)
+        return record is not None and self.backend.matches(f"{ref.prefix}/{record['name']}", record["sha256"], record["md5"])
+
+    def invalid_entries(self, ref: DatasetRef) -> list[str]:
+        """Parts and files of a committed dataset whose bytes no longer match the manifest."""
+        manifest = self.manifest(ref)
+        bad = [p["name"] for p in manifest["parts"] if not self.backend.matches(f"{ref.prefix}/{p['name']}", p["sha256"], p["md5"])]
+        bad += [f"files/{f['name']}" for f in manifest["files"]
+                if not self.backend.matches(f"{ref.prefix}/files/{f['name']}", f["sha256"], f["md5"])]
+        return bad
+
+    def uncommit(self, ref: DatasetRef, bad: list[str]) -> None:
+        """Withdraw a dataset with damaged entries: its manifest and the damaged shards' records go."""
+        self.backend.delete(f"{ref.prefix}/{MANIFEST}")
+        for name in bad:
+            if name.startswith("part-"):
+                self.backend.delete(f"{ref.prefix}/_shards/{name}.json")
+
+    # -- reading -----------------------------------------------------------------------------
     def read_table(self, ref: DatasetRef, schema: pa.Schema) -> pa.Table:
         """All parts of a committed dataset, each checked against its checksum and the schema."""
         manifest = self.manifest(ref)
         tables = [self._read_part(ref, part, schema) for part in manifest["parts"]]
-        if not tables:
-            return schema.empty_table()
-        return pa.concat_tables(tables)
+        return pa.concat_tables(tables) if tables else schema.empty_table()
+
+    def read_part(self, ref: DatasetRef, index: int, schema: pa.Schema) -> pa.Table:
+        """Part `index` of a committed dataset (the input of shard `index` downstream)."""
+        return self._read_part(ref, self.manifest(ref)["parts"][index], schema)
+
+    def num_parts(self, ref: DatasetRef) -> int:
+        return len(self.manifest(ref)["parts"])
 
     def _read_part(self, ref: DatasetRef, part: dict[str, Any], schema: pa.Schema) -> pa.Table:
         key = f"{ref.prefix}/{part['name']}"
         data = self.backend.read_bytes(key)
-        if sha256(data) != part["sha256"]:
-            raise CorruptArtifact(f"{self.backend.describe(key)}: checksum does not match the manifest")
+        if digests(data)["sha256"] != part["sha256"]:
+            raise CorruptArtifact(
+                f"{self.backend.describe(key)}: checksum does not match the manifest; rerun the pipeline to recompute it"
+            )
         try:
             table = pq.read_table(io.BytesIO(data))
         except (pa.ArrowInvalid, OSError) as e:
@@ -174,9 +147,10 @@ class ArtifactStore:
         entry = {f["name"]: f for f in self.manifest(ref)["files"]}.get(name)
         if entry is None:
             raise DatasetMissing(f"dataset {ref} has no file {name!r}")
-        data = self.backend.read_bytes(f"{ref.prefix}/files/{name}")
-        if sha256(data) != entry["sha256"]:
-            raise CorruptArtifact(f"{self.backend.describe(f'{ref.prefix}/files/{name}')}: checksum mismatch")
+        key = f"{ref.prefix}/files/{name}"
+        data = self.backend.read_bytes(key)
+        if digests(data)["sha256"] != entry["sha256"]:
+            raise CorruptArtifact(f"{self.backend.describe(key)}: checksum does not match the manifest")
         return data
 
     def materialize(self, ref: DatasetRef, cache_dir: Path) -> Path:
@@ -185,7 +159,7 @@ class ArtifactStore:
         if isinstance(self.backend, LocalBackend):  # already on this machine: no copy
             return self.backend.path(f"{ref.prefix}/files")
         target = cache_dir / ref.stage / ref.fingerprint
-        if (target / MANIFEST).is_file():
+        if (target / MANIFEST).is_file() and json.loads((target / MANIFEST).read_text()) == manifest:
             return target
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".materialize-"))
@@ -195,6 +169,7 @@ class ArtifactStore:
             dest.write_bytes(self.read_file(ref, entry["name"]))
         (tmp / MANIFEST).write_text(json.dumps(manifest))
         target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
         try:
             tmp.rename(target)
         except OSError:  # another process materialized it first
@@ -202,22 +177,37 @@ class ArtifactStore:
         return target
 
     # -- writing -----------------------------------------------------------------------------
-    def write_dataset(
+    def write_part(self, ref: DatasetRef, index: int, table: pa.Table, schema: pa.Schema) -> dict[str, Any]:
+        """Commit one shard: its part under the final key, then its record."""
+        name = part_name(index)
+        table = conform(table, schema, f"{ref}/{name}")
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        data = buffer.getvalue()
+        self.backend.write_bytes(f"{ref.prefix}/{name}", data)
+        record = {"name": name, "rows": table.num_rows, "bytes": len(data), **digests(data)}
+        self.backend.write_bytes(f"{ref.prefix}/_shards/{name}.json", json.dumps(record, sort_keys=True).encode())
+        return record
+
+    def commit(
         self,
         ref: DatasetRef,
         schema: pa.Schema,
-        tables: list[pa.Table] | pa.Table,
+        num_parts: int,
         files: dict[str, bytes] | None = None,
         meta: dict[str, Any] | None = None,
     ) -> DatasetRef:
-        """Write parts and files, then the manifest: the dataset exists only once all are in place."""
-        if isinstance(tables, pa.Table):
-            tables = [tables]
-        parts = [self._write_part(ref, i, table, schema) for i, table in enumerate(tables)]
+        """Write files, then the manifest over parts 0..num_parts-1: the dataset exists from here on."""
+        parts = []
+        for index in range(num_parts):
+            record = self.shard_record(ref, index)
+            if record is None:
+                raise DatasetMissing(f"cannot commit {ref}: shard {index} of {num_parts} was never written")
+            parts.append(record)
         file_entries = []
         for name, data in sorted((files or {}).items()):
             self.backend.write_bytes(f"{ref.prefix}/files/{name}", data)
-            file_entries.append({"name": name, "bytes": len(data), "sha256": sha256(data)})
+            file_entries.append({"name": name, "bytes": len(data), **digests(data)})
         manifest = {
             "stage": ref.stage,
             "fingerprint": ref.fingerprint,
@@ -231,16 +221,51 @@ class ArtifactStore:
         self.backend.write_bytes(f"{ref.prefix}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True).encode())
         return ref
 
-    def _write_part(self, ref: DatasetRef, index: int, table: pa.Table, schema: pa.Schema) -> dict[str, Any]:
-        name = f"part-{index:05d}.parquet"
-        table = conform(table, schema, f"{ref}/{name}")
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        data = buffer.getvalue()
-        self.backend.write_bytes(f"{ref.prefix}/{name}", data)
-        return {"name": name, "rows": table.num_rows, "bytes": len(data), "sha256": sha256(data)}
+    def write_dataset(
+        self,
+        ref: DatasetRef,
+        schema: pa.Schema,
+        tables: list[pa.Table] | pa.Table,
+        files: dict[str, bytes] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> DatasetRef:
+        """An unsharded dataset in one go: its parts, then the manifest."""
+        tables = [tables] if isinstance(tables, pa.Table) else tables
+        for index, table in enumerate(tables):
+            self.write_part(ref, index, table, schema)
+        return self.commit(ref, schema, len(tables), files=files, meta=meta)
 
+    # -- runs and checkpoints ----------------------------------------------------------------
     def write_run(self, run_id: str, record: dict[str, Any]) -> str:
         key = f"runs/{run_id}/run.json"
         self.backend.write_bytes(key, json.dumps(record, indent=2, sort_keys=True).encode())
         return self.backend.describe(key)
+
+    def write_checkpoint(self, ref: DatasetRef, step: int, files: dict[str, bytes]) -> str:
+        """A training checkpoint: its files, then its index (written last, the checkpoint's commit point)."""
+        base = f"{ref.prefix}/_checkpoints/step-{step:09d}"
+        entries = []
+        for name, data in sorted(files.items()):
+            self.backend.write_bytes(f"{base}/{name}", data)
+            entries.append({"name": name, **digests(data)})
+        self.backend.write_bytes(f"{base}/_index.json", json.dumps({"step": step, "files": entries}).encode())
+        return self.backend.describe(base)
+
+    def latest_checkpoint(self, ref: DatasetRef) -> tuple[int, dict[str, bytes]] | None:
+        """The newest complete, intact checkpoint of a training run, or None."""
+        indexes = [k for k in self.backend.list(f"{ref.prefix}/_checkpoints/") if k.endswith("/_index.json")]
+        for key in sorted(indexes, reverse=True):
+            index = json.loads(self.backend.read_bytes(key))
+            base = key.removesuffix("/_index.json")
+            files = {}
+            for entry in index["files"]:
+                try:
+                    data = self.backend.read_bytes(f"{base}/{entry['name']}")
+                except KeyMissing:
+                    break
+                if digests(data)["sha256"] != entry["sha256"]:
+                    break
+                files[entry["name"]] = data
+            else:
+                return index["step"], files
+        return None

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from semdpo_core import checkpoints
 from semdpo_core.config import TrainConfig
 from semdpo_core.losses import dpo_logits, dpo_loss, sem_dpo_loss
 from semdpo_core.models import load_rewriter
@@ -69,8 +71,15 @@ def train_preference(
     epochs: int,
     max_length: int,
     seed: int,
+    checkpoint_every: int = 0,
+    save_checkpoint: Callable[[int, dict[str, bytes]], None] | None = None,
+    resume_from: dict[str, bytes] | None = None,
 ) -> list[dict[str, float]]:
-    """Train `policy` in place with `method` ("dpo" or "sem_dpo"); returns per-step metrics."""
+    """Train `policy` in place with `method` ("dpo" or "sem_dpo"); returns per-step metrics.
+
+    Every `checkpoint_every` steps the full training state goes to `save_checkpoint(step, files)`;
+    `resume_from` (such files) continues from that step with the same data order and RNG state.
+    """
     if method not in ("dpo", "sem_dpo"):
         raise ValueError(f"unknown preference method {method!r}")
     rng = random.Random(seed)
@@ -80,11 +89,20 @@ def train_preference(
     optimizer = torch.optim.AdamW(policy.parameters(), lr=learning_rate)
     order = list(range(len(data)))
     history: list[dict[str, float]] = []
+    total = epochs * ((len(order) + batch_size - 1) // batch_size)
+    resumed = 0
+    if resume_from is not None:
+        resumed, history = checkpoints.restore(resume_from, policy, optimizer)
+        log.info("%s: resuming from the checkpoint at step %d of %d", method, resumed, total)
     policy.train()
-    bar = tqdm(total=epochs * ((len(order) + batch_size - 1) // batch_size), desc=method, unit="step")
+    bar = tqdm(total=total, initial=resumed, desc=method, unit="step")
+    step = 0
     for _ in range(epochs):
-        rng.shuffle(order)
+        rng.shuffle(order)  # replayed on resume: the data order does not depend on where we start
         for start in range(0, len(order), batch_size):
+            step += 1
+            if step <= resumed:
+                continue
             idx = order[start : start + batch_size]
             chosen, rejected = chosen_rejected_logps(policy, tokenizer, data, idx, max_length)
             ref_chosen = reference_chosen_logps[idx].to(device)
@@ -112,6 +130,8 @@ def train_preference(
             )
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
+            if save_checkpoint and checkpoint_every and step % checkpoint_every == 0 and step < total:
+                save_checkpoint(step, checkpoints.to_files(policy, optimizer, step, history))
     bar.close()
     policy.eval()
     last = history[-1]
@@ -120,7 +140,14 @@ def train_preference(
 
 
 def train_from_sft(
-    sft_checkpoint: str, data: PreferenceData, method: str, settings: TrainConfig, device: torch.device, seed: int
+    sft_checkpoint: str,
+    data: PreferenceData,
+    method: str,
+    settings: TrainConfig,
+    device: torch.device,
+    seed: int,
+    save_checkpoint: Callable[[int, dict[str, bytes]], None] | None = None,
+    resume_from: dict[str, bytes] | None = None,
 ) -> tuple[Any, Any, list[dict[str, float]]]:
     """Reference log-probs from the SFT model, then a policy initialised from it trained with `method`."""
     reference, tokenizer = load_rewriter(sft_checkpoint, device)
@@ -130,6 +157,7 @@ def train_from_sft(
     history = train_preference(
         policy, tokenizer, data, ref_chosen, ref_rejected, method=method, beta=settings.beta,
         learning_rate=settings.learning_rate, batch_size=settings.batch_size, epochs=settings.epochs,
-        max_length=settings.max_length, seed=seed,
+        max_length=settings.max_length, seed=seed, checkpoint_every=settings.checkpoint_every,
+        save_checkpoint=save_checkpoint, resume_from=resume_from,
     )
     return policy, tokenizer, history

@@ -1,27 +1,40 @@
-"""Candidates stage: sample k rewrites of every training prompt from the SFT rewriter."""
+"""Candidates stage: sample k rewrites of every training prompt from the SFT rewriter, shard by shard."""
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from semdpo_core.candidates import sample_candidates
 from semdpo_core.config import PipelineConfig
-from semdpo_core.models import load_rewriter, resolve_device
+from semdpo_core.models import resolve_device
 from semdpo_core.schemas import CANDIDATES, PROMPTS
-from semdpo_core.store import DatasetRef
-from tasks.common import checkpoint_dir, open_store, stage_task
+from semdpo_core.store import ArtifactStore, DatasetRef
+from tasks.common import ShardedStage, checkpoint_dir, inference_model, open_store
 
 
-@stage_task("candidates")
-def candidates(config: PipelineConfig, ref: DatasetRef, prompts: DatasetRef, sft: DatasetRef) -> DatasetRef:
-    store = open_store(config)
+def train_prompts(store: ArtifactStore, prompts: DatasetRef) -> pa.Table:
     table = store.read_table(prompts, PROMPTS)
-    train = table.filter(pc.equal(table.column("split"), "train"))
-    model, tokenizer = load_rewriter(checkpoint_dir(config, sft), resolve_device(config.device))
+    return table.filter(pc.equal(table.column("split"), "train"))
+
+
+def num_shards(config: PipelineConfig, prompts: DatasetRef) -> int:
+    """One shard per `shard_size` training prompts."""
+    count = open_store(config).manifest(prompts)["meta"]["train_prompts"]
+    return max(1, -(-count // config.shard_size))
+
+
+def candidates_shard(config: PipelineConfig, shard: int, prompts: DatasetRef, sft: DatasetRef) -> pa.Table:
+    store = open_store(config)
+    rows = train_prompts(store, prompts).slice(shard * config.shard_size, config.shard_size)
+    device = resolve_device(config.device)
+    model, tokenizer = inference_model("rewriter", checkpoint_dir(config, sft), str(device))
     c = config.candidates
-    out = sample_candidates(
-        model, tokenizer, train.column("prompt_id").to_pylist(), train.column("prompt").to_pylist(),
+    return sample_candidates(
+        model, tokenizer, rows.column("prompt_id").to_pylist(), rows.column("prompt").to_pylist(),
         num_candidates=c.num_candidates, temperature=c.temperature, top_p=c.top_p,
-        max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, seed=config.seed,
+        max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, seed=config.seed, shard=shard,
     )
-    return store.write_dataset(ref, CANDIDATES, out, meta={"prompts": train.num_rows})
+
+
+candidates = ShardedStage("candidates", CANDIDATES, candidates_shard)

@@ -1,4 +1,9 @@
-"""What every stage task shares: the store, the device, reuse of finished work, cache keys, artifacts."""
+"""What every stage task shares: the store, reuse of finished work, cache keys, shards, artifacts.
+
+Resume = rerun. The store decides what is done: before a stage runs, the flow checks its
+dataset (and withdraws a damaged one), and each task gets `done` from that check. A done task
+shows as Cached in Prefect; a Prefect cache entry alone never skips work the store lacks.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.context import TaskRunContext
@@ -17,58 +23,113 @@ from prefect.context import TaskRunContext
 from semdpo_core.config import PipelineConfig
 from semdpo_core.store import ArtifactStore, DatasetRef
 
+log = logging.getLogger("semdpo.stages")
+
 
 def open_store(config: PipelineConfig) -> ArtifactStore:
     return ArtifactStore(config.store_root())
 
 
-def store_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    """The stage fingerprint (per store) when the store holds the output; else no caching.
-
-    The store decides what is done: a Prefect cache entry alone never skips work whose
-    dataset is missing, and a committed dataset shows as Cached in the UI.
-    """
-    config: PipelineConfig = parameters["config"]
-    ref: DatasetRef = parameters["ref"]
-    if not open_store(config).is_committed(ref):
-        return None
-    return cache_key(config, ref)
-
-
-def cache_key(config: PipelineConfig, ref: DatasetRef) -> str:
+def cache_key(config: PipelineConfig, ref: DatasetRef, shard: int | None = None) -> str:
     root = hashlib.sha256(config.store_root().encode()).hexdigest()[:8]
-    return f"semdpo-{ref.stage}-{ref.fingerprint}-{root}"
+    suffix = "" if shard is None else f"-shard{shard:05d}"
+    return f"semdpo-{ref.stage}-{ref.fingerprint}{suffix}-{root}"
 
 
-def remember_done(config: PipelineConfig, ref: DatasetRef) -> None:
-    """Record the committed output in Prefect's cache, so the next run shows this task as Cached."""
+def done_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """The fingerprint key when the store holds this output (`done`), else no caching."""
+    if not parameters.get("done"):
+        return None
+    return cache_key(parameters["config"], parameters["ref"], parameters.get("shard"))
+
+
+def remember_done(config: PipelineConfig, ref: DatasetRef, shard: int | None = None) -> None:
+    """Record a committed output in Prefect's cache, so the next run shows this task as Cached."""
     context = TaskRunContext.get()
     if context is not None:
-        context.result_store.write(ref, key=cache_key(config, ref))
+        context.result_store.write(ref, key=cache_key(config, ref, shard))
 
 
-def stage_task(name: str, **task_options: Any) -> Callable[[Callable[..., DatasetRef]], Any]:
-    """A Prefect task for one stage step: reuses a committed output, else computes and publishes it."""
+def check_stage(store: ArtifactStore, ref: DatasetRef) -> bool:
+    """True when `ref` is committed and intact. A damaged dataset is withdrawn so that its
+    damaged shards are recomputed; its intact shards stay and are reused."""
+    if not store.is_committed(ref):
+        return False
+    bad = store.invalid_entries(ref)
+    if not bad:
+        return True
+    log.warning("%s: %d damaged entr%s (%s): withdrawn, will be recomputed",
+                ref, len(bad), "y" if len(bad) == 1 else "ies", ", ".join(bad[:5]))
+    store.uncommit(ref, bad)
+    return False
 
-    def wrap(fn: Callable[..., DatasetRef]) -> Any:
-        @functools.wraps(fn)
-        def run(config: PipelineConfig, ref: DatasetRef, **inputs: Any) -> DatasetRef:
+
+def stage_task(name: str) -> Callable[[Callable[..., DatasetRef]], Callable[..., DatasetRef]]:
+    """An unsharded stage: one Prefect task that computes and commits the whole dataset."""
+
+    def wrap(fn: Callable[..., DatasetRef]) -> Callable[..., DatasetRef]:
+        @task(name=name, cache_key_fn=done_cache_key, persist_result=True)
+        def run_task(config: PipelineConfig, ref: DatasetRef, done: bool, **inputs: Any) -> DatasetRef:
             logger = get_run_logger()
-            store = open_store(config)
-            if store.is_committed(ref):
+            if done:
                 logger.info("%s: reusing %s (already in the store)", name, ref)
             else:
                 logger.info("%s: computing %s", name, ref)
                 fn(config, ref, **inputs)
-                manifest = store.manifest(ref)
-                publish_summary(ref, manifest)
-                logger.info("%s: committed %s (%d rows)", name, ref, manifest["rows"])
+                publish_summary(ref, open_store(config).manifest(ref))
             remember_done(config, ref)
             return ref
 
-        return task(name=name, cache_key_fn=store_cache_key, persist_result=True, **task_options)(run)
+        @functools.wraps(fn)
+        def run(config: PipelineConfig, ref: DatasetRef, task_name: str | None = None, **inputs: Any) -> DatasetRef:
+            done = check_stage(open_store(config), ref)
+            return run_task.with_options(name=task_name or name)(config, ref, done=done, **inputs)
+
+        return run
 
     return wrap
+
+
+class ShardedStage:
+    """A stage split into shards: one Prefect task and one Parquet part per shard, then a commit.
+
+    `compute(config, shard, **inputs) -> pa.Table` produces one shard's rows. A rerun computes
+    only the shards whose part is missing or damaged.
+    """
+
+    def __init__(self, name: str, schema: pa.Schema, compute: Callable[..., pa.Table]):
+        self.name, self.schema, self.compute = name, schema, compute
+        self.shard_task = task(
+            name=name, cache_key_fn=done_cache_key, persist_result=True, task_run_name=f"{name}-{{shard}}"
+        )(self._shard)
+        self.commit_task = task(name=f"{name}-commit", cache_key_fn=done_cache_key, persist_result=True)(self._commit)
+
+    def _shard(self, config: PipelineConfig, ref: DatasetRef, shard: int, done: bool, **inputs: Any) -> DatasetRef:
+        if not done:
+            table = self.compute(config, shard, **inputs)
+            open_store(config).write_part(ref, shard, table, self.schema)
+        remember_done(config, ref, shard)
+        return ref
+
+    def _commit(self, config: PipelineConfig, ref: DatasetRef, num_shards: int, done: bool) -> DatasetRef:
+        if not done:
+            store = open_store(config)
+            store.commit(ref, self.schema, num_shards, meta={"shards": num_shards})
+            publish_summary(ref, store.manifest(ref))
+        remember_done(config, ref)
+        return ref
+
+    def __call__(self, config: PipelineConfig, ref: DatasetRef, num_shards: int, **inputs: Any) -> DatasetRef:
+        """Run every shard not yet done, then commit; logs how many shards were reused."""
+        store = open_store(config)
+        committed = check_stage(store, ref)
+        done = [committed or store.shard_is_done(ref, i) for i in range(num_shards)]
+        log.info("%s %s: %d shards, %d reused, %d to compute", self.name, ref, num_shards, sum(done), num_shards - sum(done))
+        for shard in range(num_shards):
+            self.shard_task(config, ref, shard=shard, done=done[shard], **inputs)
+        self.commit_task(config, ref, num_shards=num_shards, done=committed)
+        log.info("%s %s: committed; shards reused %d, computed %d", self.name, ref, sum(done), num_shards - sum(done))
+        return ref
 
 
 def publish_summary(ref: DatasetRef, manifest: dict[str, Any]) -> None:
@@ -78,7 +139,7 @@ def publish_summary(ref: DatasetRef, manifest: dict[str, Any]) -> None:
     try:
         create_table_artifact(key=f"semdpo-{ref.stage.replace('_', '-')}", table=[row], description=f"{ref.stage} output {ref}")
     except Exception as e:  # an artifact is a view; its failure must not fail the stage
-        logging.getLogger("semdpo").warning("could not publish the %s artifact: %s", ref.stage, e)
+        log.warning("could not publish the %s artifact: %s", ref.stage, e)
 
 
 def checkpoint_files(model: Any, tokenizer: Any) -> dict[str, bytes]:
@@ -94,3 +155,36 @@ def checkpoint_dir(config: PipelineConfig, ref: DatasetRef) -> str:
     from semdpo_core.models import model_cache_dir
 
     return str(open_store(config).materialize(ref, model_cache_dir() / "checkpoints"))
+
+
+@functools.lru_cache(maxsize=4)
+def inference_model(kind: str, ref: str, device: str, extra: str | None = None) -> Any:
+    """A model for inference, loaded once per worker process and shared by its shards."""
+    import torch
+
+    from semdpo_core.models import load_diffusion, load_rewriter
+    from semdpo_core.scorers import load_scorer
+    from semdpo_core.weigh import SemanticEncoder
+
+    dev = torch.device(device)
+    if kind == "rewriter":
+        return load_rewriter(ref, dev)
+    if kind == "diffusion":
+        return load_diffusion(ref, dev)
+    if kind == "encoder":
+        return SemanticEncoder(ref, dev)
+    if kind.startswith("scorer:"):
+        return load_scorer(kind.removeprefix("scorer:"), ref, extra, dev)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def release_models() -> None:
+    """Free the cached inference models (before training, which needs the memory)."""
+    inference_model.cache_clear()
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

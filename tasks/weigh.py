@@ -1,4 +1,4 @@
-"""Weigh stage: the offline semantic distance and weight of every pair's chosen rewrite."""
+"""Weigh stage: the offline semantic distance and weight of every pair's chosen rewrite, shard by shard."""
 
 from __future__ import annotations
 
@@ -8,20 +8,24 @@ from semdpo_core.config import PipelineConfig
 from semdpo_core.models import resolve_device
 from semdpo_core.schemas import PAIRS, WEIGHTS
 from semdpo_core.store import DatasetRef
-from semdpo_core.weigh import SemanticEncoder, semantic_weights
-from tasks.common import open_store, stage_task
+from semdpo_core.weigh import semantic_weights
+from tasks.common import ShardedStage, inference_model, open_store
 
 
-@stage_task("weigh")
-def weigh(config: PipelineConfig, ref: DatasetRef, pairs: DatasetRef) -> DatasetRef:
-    store = open_store(config)
-    table = store.read_table(pairs, PAIRS)
+def num_shards(config: PipelineConfig, pairs: DatasetRef) -> int:
+    """One shard per `shard_size` pairs."""
+    return max(1, -(-open_store(config).manifest(pairs)["rows"] // config.shard_size))
+
+
+def weigh_shard(config: PipelineConfig, shard: int, pairs: DatasetRef) -> pa.Table:
+    table = open_store(config).read_table(pairs, PAIRS).slice(shard * config.shard_size, config.shard_size)
     w = config.weigh
-    encoder = SemanticEncoder(w.encoder, resolve_device(config.device))
+    encoder = inference_model("encoder", w.encoder, str(resolve_device(config.device)))
     distance, weight = semantic_weights(
         encoder, table.column("prompt").to_pylist(), table.column("chosen").to_pylist(), w.alpha, w.batch_size
     )
     out = table.append_column("semantic_distance", pa.array(distance, pa.float64()))
-    out = out.append_column("semantic_weight", pa.array(weight, pa.float64()))
-    meta = {"alpha": w.alpha, "mean_weight": sum(weight) / len(weight), "effective_pairs": sum(weight)}
-    return store.write_dataset(ref, WEIGHTS, out, meta=meta)
+    return out.append_column("semantic_weight", pa.array(weight, pa.float64()))
+
+
+weigh = ShardedStage("weigh", WEIGHTS, weigh_shard)

@@ -10,6 +10,10 @@ os.environ["PREFECT_HOME"] = os.path.join(_root, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TQDM_DISABLE"] = "1"
+# S3 credentials for the local moto server only; never real ones.
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_var, None)
 
 import pytest  # noqa: E402
 
@@ -21,3 +25,30 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1, reached through a proxy that tests can cut."""
+    from tests.servers import MotoServer, Proxy
+
+    server = MotoServer()
+    proxy = Proxy(server.port)
+    proxy.start()
+    os.environ["AWS_ENDPOINT_URL"] = proxy.url
+    yield proxy
+    proxy.stop()
+    server.stop()
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh bucket; returns its s3:// URI with a prefix."""
+    import uuid
+
+    import boto3
+
+    name = f"semdpo-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}/artifacts"

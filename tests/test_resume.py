@@ -1,0 +1,142 @@
+"""Resuming: a run killed mid-render, a part damaged after commit, the S3 store going away."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from semdpo_core.backends import StoreUnavailable
+from semdpo_core.config import load_config
+from semdpo_core.plan import flat_refs, plan_pipeline
+from semdpo_core.store import ArtifactStore
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "shard_size": 2,
+    "data": {"max_train_prompts": 12, "max_test_prompts": 3},
+    "sft": {"epochs": 1},
+    "candidates": {"num_candidates": 2, "max_new_tokens": 12},
+    "render": {"num_inference_steps": 6},
+    "train": {"epochs": 1},
+    "evaluate": {"max_new_tokens": 12},
+}
+
+
+def write_config(tmp_path: Path, name: str, store: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, "store": store}))
+    return path
+
+
+def part_digests(config_path: Path) -> dict[str, list[str]]:
+    config = load_config(config_path)
+    store = ArtifactStore(config.store_root())
+    return {label: [p["sha256"] for p in store.manifest(ref)["parts"]] for label, ref in flat_refs(plan_pipeline(config))}
+
+
+def run_cli(config: Path, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def test_run_killed_mid_render_resumes_without_redoing_committed_shards(tmp_path):
+    reference = write_config(tmp_path, "reference", str(tmp_path / "reference"))
+    assert run_cli(reference).returncode == 0
+
+    config = write_config(tmp_path, "killed", str(tmp_path / "killed"))
+    render = plan_pipeline(load_config(config))["render"]
+    shards_dir = tmp_path / "killed" / render.prefix / "_shards"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(shards_dir.glob("*.json"))) < 2:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    committed = sorted(shards_dir.glob("*.json"))
+    assert 2 <= len(committed) < 6, "the kill should land in the middle of the render stage"
+    assert not (tmp_path / "killed" / render.prefix / "_manifest.json").exists()
+    parts = {p.name.removesuffix(".json"): (tmp_path / "killed" / render.prefix / p.name.removesuffix(".json")).stat()
+             for p in committed}
+
+    result = run_cli(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert f"render {render}: 6 shards, {len(committed)} reused, {6 - len(committed)} to compute" in log
+    for name, before in parts.items():  # committed parts were not rewritten
+        after = (tmp_path / "killed" / render.prefix / name).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert part_digests(config) == part_digests(reference)
+
+
+def test_damaged_part_is_recomputed_not_read(tmp_path, prefect_server):
+    from flows.pipeline import pipeline
+
+    config = write_config(tmp_path, "damaged", str(tmp_path / "damaged"))
+    pipeline(config_path=str(config))
+    before = part_digests(config)
+    cfg = load_config(config)
+    render = plan_pipeline(cfg)["render"]
+    part = tmp_path / "damaged" / render.prefix / "part-00003.parquet"
+    data = bytearray(part.read_bytes())
+    data[100] ^= 0xFF
+    part.write_bytes(bytes(data))
+    pipeline(config_path=str(config))
+    assert part_digests(config) == before
+    record = json.loads((tmp_path / "damaged" / render.prefix / "_shards/part-00003.parquet.json").read_text())
+    assert record["sha256"] == before["render"][3]
+
+
+def test_offline_default_pipeline_on_s3(s3_bucket, prefect_server):
+    from flows.pipeline import pipeline
+
+    table = pipeline(overrides=[f"store={s3_bucket}"])
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["human", "sft", "dpo", "sem_dpo"]
+    config = load_config(None, [f"store={s3_bucket}"])
+    store = ArtifactStore(s3_bucket)
+    assert all(store.is_committed(ref) and not store.invalid_entries(ref) for _, ref in flat_refs(plan_pipeline(config)))
+    assert store.num_parts(plan_pipeline(config)["render"]) == 3
+
+
+def test_s3_outage_mid_run_fails_clearly_and_the_rerun_completes(tmp_path, s3_server, s3_bucket, prefect_server, monkeypatch):
+    from flows.pipeline import pipeline
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    config = write_config(tmp_path, "s3", s3_bucket)
+    cfg = load_config(config)
+    render = plan_pipeline(cfg)["render"]
+    bucket, prefix = s3_bucket.removeprefix("s3://").split("/", 1)
+    direct = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"].replace(str(s3_server.port), str(s3_server.target_port)))
+
+    def cut_when_render_starts():
+        key = f"{prefix}/{render.prefix}/_shards/"
+        while not direct.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount"):
+            time.sleep(0.02)
+        s3_server.stop()
+
+    watcher = threading.Thread(target=cut_when_render_starts, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(StoreUnavailable) as failure:
+            pipeline(config_path=str(config))
+    finally:
+        watcher.join(timeout=60)
+        s3_server.start()
+    assert s3_server.url in str(failure.value) and s3_bucket in str(failure.value)
+
+    store = ArtifactStore(s3_bucket)
+    kept = [k for k in store.backend.list(f"{render.prefix}/_shards/")]
+    assert kept, "shards committed before the outage are kept"
+    table = pipeline(config_path=str(config))
+    assert "sem_dpo" in table
+    assert all(store.is_committed(ref) for _, ref in flat_refs(plan_pipeline(cfg)))
