@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from semdpo_core.config import PipelineConfig, load_config
 from semdpo_core.evaluate import format_metrics, summarize
-from semdpo_core.plan import flat_refs, plan_pipeline
+from semdpo_core.plan import USES_DISTANCE, USES_REFERENCE, flat_refs, plan_pipeline
 from semdpo_core.schemas import EVALUATION
 from tasks.candidates import candidates as candidates_task
 from tasks.candidates import num_shards as candidates_shards
@@ -26,14 +26,15 @@ from tasks.prompts import prompts as prompts_task
 from tasks.render import render as render_task
 from tasks.sft import sft as sft_task
 from tasks.train import train as train_task
-from tasks.weigh import num_shards as weigh_shards
+from tasks.reference import reference as reference_task
+from tasks.weigh import num_shards as pair_shards
 from tasks.weigh import weigh as weigh_task
 
 
 def run_stages(config: PipelineConfig, plan: dict[str, Any]) -> None:
     """Each stage in order, passing only store references between them. Sharded stages run
     one task per shard: candidates shard the training prompts, render and label follow the
-    candidates' shards, weigh shards the pairs."""
+    candidates' shards, weigh and reference shard the pairs."""
     prompts = prompts_task(config, plan["prompts"])
     sft = sft_task(config, plan["sft"])
     candidates = candidates_task(
@@ -43,20 +44,27 @@ def run_stages(config: PipelineConfig, plan: dict[str, Any]) -> None:
     images = render_task(config, plan["render"], shards, candidates=candidates)
     rewards = label_task(config, plan["label"], shards, candidates=candidates, images=images)
     pairs = pairs_task(config, plan["pairs"], candidates=candidates, rewards=rewards)
-    weights = weigh_task(config, plan["weigh"], weigh_shards(config, pairs), pairs=pairs)
+    weights = weigh_task(config, plan["weigh"], pair_shards(config, pairs), pairs=pairs)
+    reference = None
+    if plan["reference"] is not None:
+        reference = reference_task(config, plan["reference"], pair_shards(config, pairs), sft=sft, pairs=pairs)
     trained = {
-        method: train_task(
-            config, ref, task_name=f"train-{method}", method=method, sft=sft,
-            pairs=weights if method == "sem_dpo" else pairs,
+        run.label: train_task(
+            config, plan["train"][run.label], task_name=f"train-{run.label}", run=run, sft=sft,
+            pairs=weights if run.method in USES_DISTANCE else pairs,
+            reference=reference if run.method in USES_REFERENCE else None,
         )
-        for method, ref in plan["train"].items()
+        for run in plan["runs"]
     }
-    evaluate_task(config, plan["evaluate"], prompts=prompts, checkpoints={"sft": sft, **trained})
+    evaluate_task(config, plan["evaluate"], prompts=prompts, methods=plan["evaluated"], checkpoints={"sft": sft, **trained})
 
 
 @flow(name="semdpo-pipeline")
 def pipeline(config_path: str | None = None, overrides: list[str] | None = None) -> str:
-    """Run the whole pipeline for a config file (None: the offline default); returns the metrics table."""
+    """Run the whole pipeline for a config file (None: the offline default); returns the metrics table.
+
+    Resume = rerun: finished stages and shards are reused from the store, so a failed run (or a
+    retried flow run) continues where it stopped."""
     logger = get_run_logger()
     config = load_config(config_path, overrides)
     store = open_store(config)

@@ -18,14 +18,17 @@ WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
 
 
-def to_files(model: Any, optimizer: torch.optim.Optimizer, step: int, history: list[dict[str, float]]) -> dict[str, bytes]:
-    """Everything needed to continue training exactly where it stopped."""
+def to_files(
+    model: Any, optimizer: torch.optim.Optimizer, step: int, history: list[dict[str, float]], extra: dict[str, Any] | None = None
+) -> dict[str, bytes]:
+    """Everything needed to continue training exactly where it stopped (`extra`: scheduler, method state)."""
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, str(Path(tmp) / WEIGHTS))  # handles tied weights (lm_head = wte)
         weights = (Path(tmp) / WEIGHTS).read_bytes()
     state = {
         "step": step,
         "history": history,
+        "extra": extra or {},
         "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -35,8 +38,10 @@ def to_files(model: Any, optimizer: torch.optim.Optimizer, step: int, history: l
     return {WEIGHTS: weights, STATE: buffer.getvalue()}
 
 
-def restore(files: dict[str, bytes], model: Any, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, float]]]:
-    """Load a checkpoint into `model` and `optimizer`; returns (step, history so far)."""
+def restore(
+    files: dict[str, bytes], model: Any, optimizer: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, float]], dict[str, Any]]:
+    """Load a checkpoint into `model` and `optimizer`; returns (step, history so far, extra)."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / WEIGHTS).write_bytes(files[WEIGHTS])
         load_model(model, str(Path(tmp) / WEIGHTS), device=str(next(model.parameters()).device))
@@ -45,4 +50,4 @@ def restore(files: dict[str, bytes], model: Any, optimizer: torch.optim.Optimize
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return state["step"], state["history"]
+    return state["step"], state["history"], state["extra"]

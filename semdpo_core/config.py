@@ -81,29 +81,75 @@ class LabelConfig(Section):
 
 
 class WeighConfig(Section):
-    """Offline semantic weights W = exp(-alpha * (1 - cos(e(x), e(y_w))))."""
+    """Offline semantic distances d(x, y_w) = 1 - cos(e(x), e(y_w)) from a frozen text encoder."""
 
     encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
-    alpha: float = Field(4.0, ge=0)
     batch_size: int = Field(64, ge=1)
 
 
-class TrainConfig(Section):
-    """Preference fine-tuning from the SFT checkpoint; the SFT model is the reference."""
+Method = Literal["dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter"]
+METHODS: tuple[str, ...] = ("dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter")
 
-    methods: list[Literal["dpo", "sem_dpo"]] = ["dpo", "sem_dpo"]
+
+class KTOConfig(Section):
+    """KTO's weights of the desirable (chosen) and undesirable (rejected) terms (TRL's defaults)."""
+
+    desirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(1.0, gt=0)
+
+
+class ORPOConfig(Section):
+    """ORPO's weight of the odds-ratio term against the chosen rewrite's NLL (TRL's default)."""
+
+    orpo_lambda: float = Field(0.1, gt=0)
+
+
+class BetaDPOConfig(Section):
+    """beta-DPO: beta_batch = beta * (1 + alpha * (mean margin - M_0)); keeps rho of each batch."""
+
+    alpha: float = Field(0.5, ge=0)
+    rho: float = Field(0.8, gt=0, le=1)
+    momentum: float = Field(0.9, ge=0, le=1)
+
+
+class HardFilterConfig(Section):
+    """Proposition 1's hard semantic filter: train only on pairs with d(x, y_w) <= tau."""
+
+    tau: float = Field(0.3, gt=0, le=2)
+
+
+class TrainConfig(Section):
+    """Preference fine-tuning from the SFT checkpoint; the SFT model is the reference.
+
+    `batch_size` pairs per micro-batch; an optimizer step every `gradient_accumulation_steps`
+    micro-batches (the paper's batch 8 = batch_size * gradient_accumulation_steps).
+    """
+
+    methods: list[Method] = list(METHODS)
     beta: float = Field(0.05, gt=0)
+    alpha: float | list[float] = Field(4.0, description="Sem-DPO's alpha; a list trains one model per alpha")
     learning_rate: float = Field(5e-4, gt=0)
     batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
     epochs: int = Field(2, ge=1)
     max_length: int = Field(96, ge=8)
-    checkpoint_every: int = Field(4, ge=0, description="steps between resumable checkpoints; 0: none")
+    checkpoint_every: int = Field(4, ge=0, description="optimizer steps between resumable checkpoints; 0: none")
+    kto: KTOConfig = KTOConfig()
+    orpo: ORPOConfig = ORPOConfig()
+    beta_dpo: BetaDPOConfig = BetaDPOConfig()
+    hard_filter: HardFilterConfig = HardFilterConfig()
+
+    def alphas(self) -> list[float]:
+        return list(self.alpha) if isinstance(self.alpha, list) else [self.alpha]
 
 
 class EvaluateConfig(Section):
     """Rewrite held-out prompts with every method, render with shared seeds, score vs the original."""
 
-    methods: list[Literal["human", "sft", "dpo", "sem_dpo"]] = ["human", "sft", "dpo", "sem_dpo"]
+    methods: list[str] | None = Field(None, description="default: human, sft and every trained method")
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(16, ge=1)
     scorers: dict[str, ScorerConfig] = {
@@ -133,7 +179,9 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _evaluated_methods_are_trained(self) -> PipelineConfig:
-        untrained = [m for m in self.evaluate.methods if m not in ("human", "sft") and m not in self.train.methods]
+        if any(a < 0 for a in self.train.alphas()) or not self.train.alphas():
+            raise ValueError("train.alpha must be >= 0 (or a non-empty list of such values)")
+        untrained = [m for m in self.evaluate.methods or [] if m not in ("human", "sft") and m not in self.train.methods]
         if untrained:
             raise ValueError(f"evaluate.methods {untrained} are not in train.methods {self.train.methods}")
         return self

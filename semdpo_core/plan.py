@@ -2,21 +2,70 @@
 
 A fingerprint hashes the stage's own settings and its inputs' fingerprints, so the plan says
 before anything runs which outputs already exist in the store and which must be computed.
+Each training run (a method, and for Sem-DPO each alpha) has its own fingerprint: a new alpha
+retrains Sem-DPO alone and reuses every upstream artifact and every other method.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from semdpo_core.config import PipelineConfig
+from semdpo_core.config import PipelineConfig, TrainConfig
 from semdpo_core.prompts import source_digest
 from semdpo_core.store import DatasetRef, fingerprint
 
-STAGES = ("prompts", "sft", "candidates", "render", "label", "pairs", "weigh", "train", "evaluate")
+STAGES = ("prompts", "sft", "candidates", "render", "label", "pairs", "weigh", "reference", "train", "evaluate")
+USES_REFERENCE = {"dpo", "sem_dpo", "ipo", "kto", "beta_dpo", "hard_filter"}  # all but ORPO
+USES_DISTANCE = {"sem_dpo", "hard_filter"}
+SHARED_TRAIN_SETTINGS = (
+    "beta", "learning_rate", "batch_size", "gradient_accumulation_steps", "warmup_ratio", "max_grad_norm",
+    "precision", "epochs", "max_length",
+)
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One training run: a method, and Sem-DPO's alpha."""
+
+    label: str
+    method: str
+    alpha: float | None = None
+
+
+def train_runs(train: TrainConfig) -> list[TrainRun]:
+    """The runs `train.methods` asks for; a list of alphas gives one Sem-DPO run per alpha."""
+    runs = []
+    for method in train.methods:
+        if method == "sem_dpo":
+            alphas = train.alphas()
+            runs += [TrainRun("sem_dpo" if len(alphas) == 1 else f"sem_dpo@alpha={a:g}", method, a) for a in alphas]
+        else:
+            runs.append(TrainRun(method, method))
+    return runs
+
+
+def method_settings(train: TrainConfig, run: TrainRun) -> dict[str, Any]:
+    """What a run's result depends on: the shared settings and its own method's section."""
+    settings = {k: getattr(train, k) for k in SHARED_TRAIN_SETTINGS}
+    settings["method"] = run.method
+    if run.alpha is not None:
+        settings["alpha"] = run.alpha
+    own = getattr(train, run.method, None)
+    if own is not None and hasattr(own, "model_dump"):
+        settings[run.method] = own.model_dump()
+    return settings
+
+
+def evaluated_labels(config: PipelineConfig, runs: list[TrainRun]) -> list[str]:
+    """Methods to evaluate, in order: human input, SFT, then training runs (a method name covers its alphas)."""
+    wanted = config.evaluate.methods or ["human", "sft", *config.train.methods]
+    labels = [m for m in ("human", "sft") if m in wanted]
+    return labels + [run.label for run in runs if run.method in wanted]
 
 
 def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
-    """{stage: DatasetRef}, with `train` a {method: DatasetRef} (one checkpoint per method)."""
+    """{stage: DatasetRef}, with `train` a {run label: DatasetRef} (one checkpoint per run)."""
     data = config.data.model_dump()
     data["digests"] = {k: source_digest(data[k]) for k in ("train_prompts", "test_prompts")}
     prompts = fingerprint("prompts", {"data": data, "tokenizer": config.sft.base_model, "seed": config.seed})
@@ -32,23 +81,27 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
     label = fingerprint("label", {**config.label.model_dump(), **shards}, [candidates, render])
     pairs = fingerprint("pairs", {}, [candidates, label])
     weigh = fingerprint("weigh", {**config.weigh.model_dump(), **shards}, [pairs])
-    train_settings = config.train.model_dump(exclude={"methods", "checkpoint_every"})  # results do not depend on it
-    train = {
-        method: fingerprint(
-            "train",
-            {"method": method, "train": train_settings, "seed": config.seed},
-            [sft, weigh if method == "sem_dpo" else pairs],
-        )
-        for method in config.train.methods
-    }
+    runs = train_runs(config.train)
+    needs_reference = any(run.method in USES_REFERENCE for run in runs)
+    reference = fingerprint("reference", {"max_length": config.train.max_length, **shards}, [sft, pairs])
+    train = {}
+    for run in runs:
+        inputs = [sft, weigh if run.method in USES_DISTANCE else pairs]
+        if run.method in USES_REFERENCE:
+            inputs.append(reference)
+        train[run.label] = fingerprint("train", {**method_settings(config.train, run), "seed": config.seed}, inputs)
+    evaluated = evaluated_labels(config, runs)
     evaluate = fingerprint(
         "evaluate",
-        {"evaluate": config.evaluate.model_dump(), "render": config.render.model_dump(), "seed": config.seed},
-        [prompts, sft, *[train[m] for m in config.evaluate.methods if m in train]],
+        {"evaluate": config.evaluate.model_dump(), "methods": evaluated, "render": config.render.model_dump(),
+         "seed": config.seed},
+        [prompts, sft, *[train[label] for label in evaluated if label in train]],
     )
     return {
         "prompts": prompts, "sft": sft, "candidates": candidates, "render": render, "label": label,
-        "pairs": pairs, "weigh": weigh, "train": train, "evaluate": evaluate,
+        "pairs": pairs, "weigh": weigh, "reference": reference if needs_reference else None, "train": train,
+        "evaluate": evaluate,
+        "runs": runs, "evaluated": evaluated,
     }
 
 
@@ -57,6 +110,8 @@ def flat_refs(plan: dict[str, Any]) -> list[tuple[str, DatasetRef]]:
     out = []
     for stage in STAGES:
         value = plan[stage]
+        if value is None:
+            continue
         if isinstance(value, dict):
             out.extend((f"{stage}:{name}", ref) for name, ref in value.items())
         else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 PROMPTS = pa.schema(
     [
@@ -59,11 +59,17 @@ PAIRS = pa.schema(
     ]
 )
 
-WEIGHTS = pa.schema(
-    list(PAIRS)
-    + [
-        ("semantic_distance", pa.float64()),  # 1 - cos(e(prompt), e(chosen))
-        ("semantic_weight", pa.float64()),  # exp(-alpha * semantic_distance)
+WEIGHTS = pa.schema(list(PAIRS) + [("semantic_distance", pa.float64())])  # 1 - cos(e(prompt), e(chosen))
+
+REFERENCE = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("reference_chosen_logps", pa.float64()),  # log ref(y_w | x), summed over the rewrite's tokens
+        ("reference_rejected_logps", pa.float64()),
+        ("kl_completion", pa.string()),  # KTO's mismatched rewrite y' for this prompt (another pair's chosen)
+        ("reference_kl_logps", pa.float64()),  # log ref(y' | x)
+        ("chosen_tokens", pa.int64()),
+        ("rejected_tokens", pa.int64()),
     ]
 )
 
@@ -72,9 +78,12 @@ TRAIN_LOG = pa.schema(
         ("method", pa.string()),
         ("step", pa.int64()),
         ("loss", pa.float64()),
-        ("reward_margin", pa.float64()),
-        ("accuracy", pa.float64()),
-        ("mean_weight", pa.float64()),
+        ("reward_margin", pa.float64()),  # beta * mean log-ratio margin
+        ("accuracy", pa.float64()),  # share of pairs with a positive margin
+        ("mean_weight", pa.float64()),  # mean per-pair weight (Sem-DPO's W; 1 or 0 for the filter)
+        ("effective_batch", pa.float64()),  # sum of the step's pair weights
+        ("beta", pa.float64()),  # the beta used (beta-DPO's changes per batch)
+        ("learning_rate", pa.float64()),
     ]
 )
 

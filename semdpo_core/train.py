@@ -1,12 +1,16 @@
-"""Preference fine-tuning: one loop for DPO and Sem-DPO, starting from the SFT checkpoint.
+"""Preference fine-tuning: one loop for every method, starting from the SFT checkpoint.
 
-The reference model is the SFT model; its log-probs are computed once, up front, so the loop
-holds only the policy. Sem-DPO differs from DPO only by the per-pair semantic weight.
+The reference model is the SFT model. Its log-probs are computed once per pair by the
+reference stage and stored with the pairs, so this loop holds only the policy. Methods differ
+only in the per-pair loss (semdpo_core/losses.py); Sem-DPO's weights W = exp(-alpha * d) are
+computed once, before the loop, from the stored semantic distances.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +21,9 @@ from tqdm.auto import tqdm
 
 from semdpo_core import checkpoints
 from semdpo_core.config import TrainConfig
-from semdpo_core.losses import dpo_logits, dpo_loss, sem_dpo_loss
+from semdpo_core.losses import (
+    BetaDPO, dpo_logits, dpo_loss, hard_filter_loss, ipo_loss, kto_kl, kto_loss, orpo_loss, sem_dpo_loss, semantic_weight,
+)
 from semdpo_core.models import load_rewriter
 from semdpo_core.rewriter import encode_pairs, sequence_logps
 
@@ -26,138 +32,255 @@ log = logging.getLogger("semdpo.train")
 
 @dataclass(frozen=True)
 class PreferenceData:
-    """Training triples (x, y_w, y_l) with their semantic weights (1.0 for plain DPO)."""
+    """Training triples (x, y_w, y_l) with the semantic distance d(x, y_w) of each."""
 
     prompts: list[str]
     chosen: list[str]
     rejected: list[str]
-    semantic_weight: list[float]
+    semantic_distance: list[float]
+    kl_completion: list[str] | None = None  # as stored by the reference stage
 
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def kl_completions(self) -> list[str]:
+        """KTO's mismatched completion of each pair: the stored one, else the next pair's chosen rewrite."""
+        return self.kl_completion if self.kl_completion is not None else self.chosen[1:] + self.chosen[:1]
 
-def chosen_rejected_logps(model: Any, tokenizer: Any, data: PreferenceData, idx: list[int], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(y_w|x) and log pi(y_l|x) for the pairs `idx`, in one forward pass."""
-    prompts = [data.prompts[i] for i in idx]
-    batch = encode_pairs(tokenizer, prompts + prompts, [data.chosen[i] for i in idx] + [data.rejected[i] for i in idx], max_length)
-    logps = sequence_logps(model, batch)
-    return logps[: len(idx)], logps[len(idx) :]
+
+@dataclass(frozen=True)
+class ReferenceLogps:
+    """The reference model's log-probs per pair, and the rewrites' token counts."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    kl: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+
+
+def completion_logps(model: Any, tokenizer: Any, prompts: list[str], completions: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y|x) of each (prompt, completion) and the completion's token count."""
+    batch = encode_pairs(tokenizer, prompts, completions, max_length)
+    return sequence_logps(model, batch), batch["completion_mask"].sum(-1).to(torch.float64)
 
 
 @torch.no_grad()
-def reference_logps(model: Any, tokenizer: Any, data: PreferenceData, batch_size: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference model's log-probs of every chosen and rejected rewrite (computed once)."""
+def reference_logps(model: Any, tokenizer: Any, data: PreferenceData, batch_size: int, max_length: int) -> ReferenceLogps:
+    """The reference stage: log ref(y_w|x), log ref(y_l|x), KTO's log ref(y'|x), and token counts."""
     model.eval()
-    chosen, rejected = [], []
+    columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("chosen", "rejected", "kl", "chosen_tokens", "rejected_tokens")}
+    kl_completions = data.kl_completions()
     for start in tqdm(range(0, len(data), batch_size), desc="reference log-probs", unit="batch"):
-        c, r = chosen_rejected_logps(model, tokenizer, data, list(range(start, min(start + batch_size, len(data)))), max_length)
-        chosen.append(c.cpu())
-        rejected.append(r.cpu())
-    return torch.cat(chosen), torch.cat(rejected)
+        sl = slice(start, start + batch_size)
+        prompts = data.prompts[sl]
+        chosen, n_chosen = completion_logps(model, tokenizer, prompts, data.chosen[sl], max_length)
+        rejected, n_rejected = completion_logps(model, tokenizer, prompts, data.rejected[sl], max_length)
+        kl, _ = completion_logps(model, tokenizer, prompts, kl_completions[sl], max_length)
+        for key, value in zip(columns, (chosen, rejected, kl, n_chosen, n_rejected)):
+            columns[key].append(value.double().cpu())
+    return ReferenceLogps(**{k: torch.cat(v) if v else torch.empty(0, dtype=torch.float64) for k, v in columns.items()})
+
+
+def warmup_then_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate rises linearly over the warmup, then falls linearly to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def mixed_precision(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler | None]:
+    """bf16 autocast on CUDA where supported (fp16 with loss scaling otherwise); fp32 on CPU."""
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext(), None
+    use_bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
+    dtype = torch.bfloat16 if use_bf16 else torch.float16
+    return torch.autocast("cuda", dtype=dtype), (None if use_bf16 else torch.amp.GradScaler("cuda"))
+
+
+class PairLoss:
+    """The per-pair loss of one method, with its settings and state (beta-DPO's moving averages)."""
+
+    def __init__(self, method: str, settings: TrainConfig, alpha: float | None, seed: int):
+        self.method, self.settings, self.alpha = method, settings, alpha
+        b = settings.beta_dpo
+        self.beta_dpo = BetaDPO(settings.beta, b.alpha, b.rho, b.momentum, generator=torch.Generator().manual_seed(seed))
+
+    def __call__(self, policy: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], distance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(per-pair losses, per-pair weights, beta used)."""
+        s, beta = self.settings, self.settings.beta
+        pc, pr = policy["chosen"], policy["rejected"]
+        ones = torch.ones_like(pc)
+        if self.method == "orpo":
+            return orpo_loss(pc, pr, policy["chosen_tokens"], policy["rejected_tokens"], s.orpo.orpo_lambda), ones, beta
+        rc, rr = ref["chosen"], ref["rejected"]
+        if self.method == "dpo":
+            return dpo_loss(pc, pr, rc, rr, beta), ones, beta
+        if self.method == "sem_dpo":
+            w = semantic_weight(distance, self.alpha).to(pc.dtype)
+            return sem_dpo_loss(pc, pr, rc, rr, beta, w), w, beta
+        if self.method == "hard_filter":
+            keep = (distance <= s.hard_filter.tau).to(pc.dtype)
+            return hard_filter_loss(pc, pr, rc, rr, beta, distance, s.hard_filter.tau), keep, beta
+        if self.method == "ipo":
+            return ipo_loss(pc, pr, rc, rr, beta, ref["chosen_tokens"], ref["rejected_tokens"]), ones, beta
+        if self.method == "kto":
+            kl = kto_kl(policy["kl"], ref["kl"])
+            return kto_loss(pc, pr, rc, rr, beta, kl, s.kto.desirable_weight, s.kto.undesirable_weight), ones, beta
+        if self.method == "beta_dpo":
+            losses, kept, used = self.beta_dpo.loss(pc, pr, rc, rr)
+            return losses, kept, used
+        raise ValueError(f"unknown preference method {self.method!r}")
+
+    def state(self) -> dict[str, Any]:
+        return {"m0": self.beta_dpo.m0, "sigma": self.beta_dpo.sigma, "generator": self.beta_dpo.generator.get_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.beta_dpo.m0, self.beta_dpo.sigma = state["m0"], state["sigma"]
+        self.beta_dpo.generator.set_state(state["generator"])
+
+
+def report_weights(method: str, distances: torch.Tensor, alpha: float | None, tau: float) -> None:
+    """Log how much of the data a semantic method keeps; warn when it keeps (almost) nothing."""
+    if method == "sem_dpo":
+        weights = semantic_weight(distances, alpha)
+    elif method == "hard_filter":
+        weights = (distances <= tau).double()
+    else:
+        return
+    effective = weights.sum().item()
+    log.info("%s: %d pairs, mean weight %.3f, effective pairs %.1f (distance median %.3f)",
+             method, len(weights), weights.mean().item(), effective, distances.median().item())
+    if effective < 0.01 * len(weights):
+        log.warning("%s keeps under 1%% of the pairs: raise train.hard_filter.tau or lower train.alpha", method)
 
 
 def train_preference(
     policy: Any,
     tokenizer: Any,
     data: PreferenceData,
-    reference_chosen_logps: torch.Tensor,
-    reference_rejected_logps: torch.Tensor,
+    reference: ReferenceLogps | None,
     *,
     method: str,
-    beta: float,
-    learning_rate: float,
-    batch_size: int,
-    epochs: int,
-    max_length: int,
-    seed: int,
-    checkpoint_every: int = 0,
+    settings: TrainConfig,
+    alpha: float | None = None,
+    seed: int = 0,
     save_checkpoint: Callable[[int, dict[str, bytes]], None] | None = None,
     resume_from: dict[str, bytes] | None = None,
 ) -> list[dict[str, float]]:
-    """Train `policy` in place with `method` ("dpo" or "sem_dpo"); returns per-step metrics.
+    """Train `policy` in place with `method`; returns per-optimizer-step metrics.
 
-    Every `checkpoint_every` steps the full training state goes to `save_checkpoint(step, files)`;
-    `resume_from` (such files) continues from that step with the same data order and RNG state.
+    Every `settings.checkpoint_every` steps the full training state goes to
+    `save_checkpoint(step, files)`; `resume_from` (such files) continues from that step with the
+    same data order, learning rate and RNG state, ending where an uninterrupted run ends.
     """
-    if method not in ("dpo", "sem_dpo"):
-        raise ValueError(f"unknown preference method {method!r}")
+    if method != "orpo" and reference is None:
+        raise ValueError(f"{method} needs the reference log-probs of the pairs")
+    s = settings
     rng = random.Random(seed)
     torch.manual_seed(seed)
     device = next(policy.parameters()).device
-    weights = torch.tensor(data.semantic_weight, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=learning_rate)
-    order = list(range(len(data)))
+    loss_fn = PairLoss(method, s, alpha, seed)
+    distances = torch.tensor(data.semantic_distance, dtype=torch.float64)
+    report_weights(method, distances, alpha, s.hard_filter.tau)
+    kl_completions = data.kl_completions()
+    micro_batches = math.ceil(len(data) / s.batch_size)
+    steps_per_epoch = math.ceil(micro_batches / s.gradient_accumulation_steps)
+    total = s.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate)
+    scheduler = warmup_then_linear_decay(optimizer, int(s.warmup_ratio * total), total)
+    autocast, scaler = mixed_precision(device, s.precision)
     history: list[dict[str, float]] = []
-    total = epochs * ((len(order) + batch_size - 1) // batch_size)
     resumed = 0
     if resume_from is not None:
-        resumed, history = checkpoints.restore(resume_from, policy, optimizer)
+        resumed, history, extra = checkpoints.restore(resume_from, policy, optimizer)
+        scheduler.load_state_dict(extra["scheduler"])
+        loss_fn.load_state(extra["loss"])
         log.info("%s: resuming from the checkpoint at step %d of %d", method, resumed, total)
     policy.train()
     bar = tqdm(total=total, initial=resumed, desc=method, unit="step")
+    order = list(range(len(data)))
     step = 0
-    for _ in range(epochs):
+    for _ in range(s.epochs):
         rng.shuffle(order)  # replayed on resume: the data order does not depend on where we start
-        for start in range(0, len(order), batch_size):
+        batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
+        for first in range(0, len(batches), s.gradient_accumulation_steps):
             step += 1
             if step <= resumed:
                 continue
-            idx = order[start : start + batch_size]
-            chosen, rejected = chosen_rejected_logps(policy, tokenizer, data, idx, max_length)
-            ref_chosen = reference_chosen_logps[idx].to(device)
-            ref_rejected = reference_rejected_logps[idx].to(device)
-            if method == "sem_dpo":
-                w = weights[idx].to(device)
-                losses = sem_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, w)
+            group = batches[first : first + s.gradient_accumulation_steps]
+            stats = {"loss": 0.0, "margin": [], "weight": [], "beta": 0.0}
+            for idx in group:
+                prompts = [data.prompts[i] for i in idx]
+                with autocast:
+                    pc, nc = completion_logps(policy, tokenizer, prompts, [data.chosen[i] for i in idx], s.max_length)
+                    pr, nr = completion_logps(policy, tokenizer, prompts, [data.rejected[i] for i in idx], s.max_length)
+                    pol = {"chosen": pc, "rejected": pr, "chosen_tokens": nc.to(device), "rejected_tokens": nr.to(device)}
+                    if method == "kto":
+                        pol["kl"] = completion_logps(policy, tokenizer, prompts, [kl_completions[i] for i in idx], s.max_length)[0].detach()
+                ref = {} if reference is None else {
+                    k: getattr(reference, k)[idx].to(device) for k in ("chosen", "rejected", "kl", "chosen_tokens", "rejected_tokens")
+                }
+                losses, weights, beta = loss_fn(pol, ref, distances[idx].to(device))
+                loss = losses.mean() / len(group)
+                (scaler.scale(loss) if scaler else loss).backward()
+                margin = dpo_logits(pc, pr, ref["chosen"], ref["rejected"]) if ref else dpo_logits(pc, pr, 0 * pc, 0 * pr)
+                stats["loss"] += loss.item()
+                stats["margin"].append(margin.detach().double().cpu())
+                stats["weight"].append(weights.detach().double().cpu())
+                stats["beta"] = beta
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), s.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
             else:
-                w = torch.ones(len(idx), device=device)
-                losses = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
-            loss = losses.mean()
+                optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            optimizer.step()
-            margin = beta * dpo_logits(chosen, rejected, ref_chosen, ref_rejected).detach()
+            margin, weight = torch.cat(stats["margin"]), torch.cat(stats["weight"])
             history.append(
                 {
-                    "step": len(history),
-                    "loss": loss.item(),
-                    "reward_margin": margin.mean().item(),
-                    "accuracy": (margin > 0).float().mean().item(),
-                    "mean_weight": w.mean().item(),
+                    "step": len(history), "loss": stats["loss"], "reward_margin": s.beta * margin.mean().item(),
+                    "accuracy": (margin > 0).double().mean().item(), "mean_weight": weight.mean().item(),
+                    "effective_batch": weight.sum().item(), "beta": float(stats["beta"]), "learning_rate": lr,
                 }
             )
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if save_checkpoint and checkpoint_every and step % checkpoint_every == 0 and step < total:
-                save_checkpoint(step, checkpoints.to_files(policy, optimizer, step, history))
+            bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            if save_checkpoint and s.checkpoint_every and step % s.checkpoint_every == 0 and step < total:
+                extra = {"scheduler": scheduler.state_dict(), "loss": loss_fn.state()}
+                save_checkpoint(step, checkpoints.to_files(policy, optimizer, step, history, extra))
     bar.close()
     policy.eval()
     last = history[-1]
-    log.info("%s: %d steps, final loss %.4f, reward margin %.4f", method, len(history), last["loss"], last["reward_margin"])
+    log.info("%s: %d steps, final loss %.4f, reward margin %.4f, mean weight %.3f",
+             method, len(history), last["loss"], last["reward_margin"], last["mean_weight"])
     return history
 
 
 def train_from_sft(
     sft_checkpoint: str,
     data: PreferenceData,
+    reference: ReferenceLogps | None,
     method: str,
     settings: TrainConfig,
     device: torch.device,
-    seed: int,
+    alpha: float | None = None,
+    seed: int = 0,
     save_checkpoint: Callable[[int, dict[str, bytes]], None] | None = None,
     resume_from: dict[str, bytes] | None = None,
 ) -> tuple[Any, Any, list[dict[str, float]]]:
-    """Reference log-probs from the SFT model, then a policy initialised from it trained with `method`."""
-    reference, tokenizer = load_rewriter(sft_checkpoint, device)
-    ref_chosen, ref_rejected = reference_logps(reference, tokenizer, data, settings.batch_size, settings.max_length)
-    del reference  # training holds only the policy
+    """A policy initialised from the SFT checkpoint, trained with `method` on the pairs."""
     policy, tokenizer = load_rewriter(sft_checkpoint, device)
     history = train_preference(
-        policy, tokenizer, data, ref_chosen, ref_rejected, method=method, beta=settings.beta,
-        learning_rate=settings.learning_rate, batch_size=settings.batch_size, epochs=settings.epochs,
-        max_length=settings.max_length, seed=seed, checkpoint_every=settings.checkpoint_every,
+        policy, tokenizer, data, reference, method=method, settings=settings, alpha=alpha, seed=seed,
         save_checkpoint=save_checkpoint, resume_from=resume_from,
     )
     return policy, tokenizer, history

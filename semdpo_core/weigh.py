@@ -1,4 +1,7 @@
-"""Offline semantic weights: d(x, y_w) = 1 - cos(e(x), e(y_w)), W = exp(-alpha * d).
+"""Offline semantic distances d(x, y_w) = 1 - cos(e(x), e(y_w)); Sem-DPO's W = exp(-alpha * d).
+
+The distances do not depend on alpha, so an alpha sweep reuses them; the trainer turns them
+into weights once, before its loop.
 
 e is a frozen text encoder, loaded once: a CLIP text tower (the paper's choice) or a
 sentence-transformers model with mean pooling (all-MiniLM-L6-v2 in the offline default).
@@ -14,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from semdpo_core.losses import semantic_weight
 from semdpo_core.models import check_vocab, pretrained, resolve
 
 
@@ -62,13 +64,11 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(a, b, dim=-1)
 
 
-def semantic_weights(encoder: Any, prompts: list[str], chosen: list[str], alpha: float, batch_size: int) -> tuple[list[float], list[float]]:
-    """Per pair: (semantic_distance, semantic_weight) between the prompt and the chosen rewrite."""
+def semantic_distances(encoder: Any, prompts: list[str], chosen: list[str], batch_size: int) -> list[float]:
+    """Per pair: the semantic distance d(x, y_w) between the prompt and the chosen rewrite."""
     distances = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="weigh", unit="batch"):
         stop = start + batch_size
         d = cosine_distance(encoder.encode(prompts[start:stop], batch_size), encoder.encode(chosen[start:stop], batch_size))
         distances.append(d.clamp(min=0.0))
-    distance = torch.cat(distances) if distances else torch.empty(0)
-    weight = semantic_weight(distance.double(), alpha)
-    return distance.double().tolist(), weight.tolist()
+    return torch.cat(distances).double().tolist() if distances else []

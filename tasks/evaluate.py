@@ -14,12 +14,14 @@ from tasks.common import checkpoint_dir, open_store, stage_task
 
 
 @stage_task("evaluate")
-def evaluate(config: PipelineConfig, ref: DatasetRef, prompts: DatasetRef, checkpoints: dict[str, DatasetRef]) -> DatasetRef:
-    """`checkpoints` maps each rewriting method (sft, dpo, sem_dpo) to its stored checkpoint."""
+def evaluate(
+    config: PipelineConfig, ref: DatasetRef, prompts: DatasetRef, methods: list[str], checkpoints: dict[str, DatasetRef]
+) -> DatasetRef:
+    """`methods` in report order; `checkpoints` maps each rewriting method (sft, training runs) to its checkpoint."""
     store = open_store(config)
     table = store.read_table(prompts, PROMPTS)
     test = table.filter(pc.equal(table.column("split"), "test"))
-    rewriters = {m: None if m == "human" else checkpoint_dir(config, checkpoints[m]) for m in config.evaluate.methods}
+    rewriters = {m: None if m == "human" else checkpoint_dir(config, checkpoints[m]) for m in methods}
     evaluation = evaluate_methods(
         test.column("prompt_id").to_pylist(), test.column("prompt").to_pylist(), rewriters,
         config.evaluate, config.render, resolve_device(config.device), config.seed,

@@ -1,4 +1,5 @@
-"""Train stage: one preference method (DPO or Sem-DPO) from the SFT checkpoint, on the shared pairs.
+"""Train stage: one training run (a method; for Sem-DPO, one alpha) from the SFT checkpoint, on
+the shared pairs and their stored reference log-probs.
 
 Checkpoints go to the store every `train.checkpoint_every` steps; a rerun of a failed train stage
 resumes from the newest intact one instead of step 0.
@@ -9,41 +10,59 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
+import torch
 
 from semdpo_core.config import PipelineConfig
 from semdpo_core.models import resolve_device
-from semdpo_core.schemas import PAIRS, TRAIN_LOG, WEIGHTS
+from semdpo_core.plan import USES_DISTANCE, TrainRun
+from semdpo_core.schemas import PAIRS, REFERENCE, TRAIN_LOG, WEIGHTS
 from semdpo_core.store import DatasetRef
-from semdpo_core.train import PreferenceData, train_from_sft
+from semdpo_core.train import PreferenceData, ReferenceLogps, train_from_sft
 from tasks.common import checkpoint_dir, checkpoint_files, open_store, release_models, stage_task
 
 log = logging.getLogger("semdpo.train")
 
 
 @stage_task("train")
-def train(config: PipelineConfig, ref: DatasetRef, method: str, sft: DatasetRef, pairs: DatasetRef) -> DatasetRef:
+def train(
+    config: PipelineConfig, ref: DatasetRef, run: TrainRun, sft: DatasetRef, pairs: DatasetRef, reference: DatasetRef | None
+) -> DatasetRef:
+    """`pairs` is the weigh output (with distances) for Sem-DPO and the hard filter, else the pairs."""
     store = open_store(config)
-    weighted = method == "sem_dpo"
-    table = store.read_table(pairs, WEIGHTS if weighted else PAIRS)
+    table = store.read_table(pairs, WEIGHTS if run.method in USES_DISTANCE else PAIRS)
+    stored = store.read_table(reference, REFERENCE) if reference is not None else None
+    if stored is not None and stored.column("prompt_id").to_pylist() != table.column("prompt_id").to_pylist():
+        raise ValueError(f"reference log-probs {reference} do not line up with pairs {pairs}; rerun the reference stage")
     data = PreferenceData(
         prompts=table.column("prompt").to_pylist(),
         chosen=table.column("chosen").to_pylist(),
         rejected=table.column("rejected").to_pylist(),
-        semantic_weight=table.column("semantic_weight").to_pylist() if weighted else [1.0] * table.num_rows,
+        semantic_distance=table.column("semantic_distance").to_pylist() if "semantic_distance" in table.column_names
+        else [0.0] * table.num_rows,
+        kl_completion=stored.column("kl_completion").to_pylist() if stored is not None else None,
     )
+    reference_logps = None
+    if stored is not None:
+        column = lambda name: torch.tensor(stored.column(name).to_pylist(), dtype=torch.float64)  # noqa: E731
+        reference_logps = ReferenceLogps(
+            column("reference_chosen_logps"), column("reference_rejected_logps"), column("reference_kl_logps"),
+            column("chosen_tokens"), column("rejected_tokens"),
+        )
     release_models()  # training needs the memory that cached inference models hold
     latest = store.latest_checkpoint(ref)
     if latest is not None:
-        log.info("%s: found a checkpoint at step %d in the store", method, latest[0])
+        log.info("%s: found a checkpoint at step %d in the store", run.label, latest[0])
 
     def save(step: int, files: dict[str, bytes]) -> None:
-        log.info("%s: checkpoint at step %d -> %s", method, step, store.write_checkpoint(ref, step, files))
+        log.info("%s: checkpoint at step %d -> %s", run.label, step, store.write_checkpoint(ref, step, files))
 
     policy, tokenizer, history = train_from_sft(
-        checkpoint_dir(config, sft), data, method, config.train, resolve_device(config.device), config.seed,
-        save_checkpoint=save, resume_from=latest[1] if latest else None,
+        checkpoint_dir(config, sft), data, reference_logps, run.method, config.train, resolve_device(config.device),
+        alpha=run.alpha, seed=config.seed, save_checkpoint=save, resume_from=latest[1] if latest else None,
     )
-    log_table = pa.Table.from_pylist([{"method": method, **h} for h in history], schema=TRAIN_LOG)
-    mean_weight = sum(data.semantic_weight) / len(data)
-    meta = {"method": method, "pairs": len(data), "final_loss": history[-1]["loss"], "mean_weight": mean_weight}
+    log_table = pa.Table.from_pylist([{"method": run.label, **h} for h in history], schema=TRAIN_LOG)
+    meta = {"method": run.method, "label": run.label, "pairs": len(data), "final_loss": history[-1]["loss"],
+            "mean_weight": sum(h["mean_weight"] for h in history) / len(history)}
+    if run.alpha is not None:
+        meta["alpha"] = run.alpha
     return store.write_dataset(ref, TRAIN_LOG, log_table, files=checkpoint_files(policy, tokenizer), meta=meta)

@@ -1,4 +1,4 @@
-"""Weigh stage: the offline semantic distance and weight of every pair's chosen rewrite, shard by shard."""
+"""Weigh stage: the offline semantic distance of every pair's chosen rewrite, shard by shard."""
 
 from __future__ import annotations
 
@@ -8,24 +8,26 @@ from semdpo_core.config import PipelineConfig
 from semdpo_core.models import resolve_device
 from semdpo_core.schemas import PAIRS, WEIGHTS
 from semdpo_core.store import DatasetRef
-from semdpo_core.weigh import semantic_weights
+from semdpo_core.weigh import semantic_distances
 from tasks.common import ShardedStage, inference_model, open_store
 
 
 def num_shards(config: PipelineConfig, pairs: DatasetRef) -> int:
-    """One shard per `shard_size` pairs."""
+    """One shard per `shard_size` pairs (weigh and reference)."""
     return max(1, -(-open_store(config).manifest(pairs)["rows"] // config.shard_size))
 
 
+def pairs_shard(config: PipelineConfig, pairs: DatasetRef, shard: int):
+    return open_store(config).read_table(pairs, PAIRS).slice(shard * config.shard_size, config.shard_size)
+
+
 def weigh_shard(config: PipelineConfig, shard: int, pairs: DatasetRef) -> pa.Table:
-    table = open_store(config).read_table(pairs, PAIRS).slice(shard * config.shard_size, config.shard_size)
-    w = config.weigh
-    encoder = inference_model("encoder", w.encoder, str(resolve_device(config.device)))
-    distance, weight = semantic_weights(
-        encoder, table.column("prompt").to_pylist(), table.column("chosen").to_pylist(), w.alpha, w.batch_size
+    table = pairs_shard(config, pairs, shard)
+    encoder = inference_model("encoder", config.weigh.encoder, str(resolve_device(config.device)))
+    distance = semantic_distances(
+        encoder, table.column("prompt").to_pylist(), table.column("chosen").to_pylist(), config.weigh.batch_size
     )
-    out = table.append_column("semantic_distance", pa.array(distance, pa.float64()))
-    return out.append_column("semantic_weight", pa.array(weight, pa.float64()))
+    return table.append_column("semantic_distance", pa.array(distance, pa.float64()))
 
 
 weigh = ShardedStage("weigh", WEIGHTS, weigh_shard)

@@ -16,31 +16,51 @@ def test_tiny_yaml_is_the_offline_default():
 
 def test_paper_yaml_carries_the_paper_settings():
     c = load_config(CONFIGS / "paper.yaml")
-    assert (c.train.beta, c.weigh.alpha, c.train.learning_rate, c.train.batch_size, c.train.epochs) == (0.05, 4.0, 5e-6, 8, 1)
+    assert (c.train.beta, c.train.alpha, c.train.learning_rate, c.train.batch_size, c.train.epochs) == (0.05, 4.0, 5e-6, 8, 1)
     assert (c.render.model, c.render.num_inference_steps, c.data.max_train_prompts) == ("CompVis/stable-diffusion-v1-4", 20, 50000)
     assert c.label.reward_model.kind == "image_reward"
 
 
 def test_unknown_keys_are_errors(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("weigh:\n  alpha: 2\n  alhpa: 3\n")
-    with pytest.raises(ConfigError, match=r"c.yaml.*\n  weigh.alhpa: Extra inputs are not permitted"):
+    path.write_text("train:\n  alpha: 2\n  alhpa: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml.*\n  train.alhpa: Extra inputs are not permitted"):
         load_config(path)
     with pytest.raises(ConfigError, match="trian"):
         load_config(None, ["trian.beta=0.1"])
 
 
-def test_overrides_parse_values_and_change_only_downstream_fingerprints():
-    base = load_config(None)
-    changed = load_config(None, ["weigh.alpha=2", "evaluate.methods=[human, sem_dpo]"])
-    assert changed.weigh.alpha == 2.0 and changed.evaluate.methods == ["human", "sem_dpo"]
-    a, b = plan_pipeline(base), plan_pipeline(load_config(None, ["weigh.alpha=2"]))
-    same = [s for s in ("prompts", "sft", "candidates", "render", "label", "pairs") if a[s] == b[s]]
-    assert same == ["prompts", "sft", "candidates", "render", "label", "pairs"]
-    assert a["weigh"] != b["weigh"] and a["evaluate"] != b["evaluate"]
-    assert a["train"]["dpo"] == b["train"]["dpo"] and a["train"]["sem_dpo"] != b["train"]["sem_dpo"]
+UPSTREAM = ("prompts", "sft", "candidates", "render", "label", "pairs", "weigh", "reference")
+
+
+def test_overrides_parse_values_and_a_new_alpha_changes_only_sem_dpo_and_evaluation():
+    changed = load_config(None, ["train.alpha=2", "evaluate.methods=[human, sem_dpo]"])
+    assert changed.train.alpha == 2.0 and changed.evaluate.methods == ["human", "sem_dpo"]
+    a, b = plan_pipeline(load_config(None)), plan_pipeline(load_config(None, ["train.alpha=2"]))
+    assert [s for s in UPSTREAM if a[s] == b[s]] == list(UPSTREAM)
+    assert [m for m in a["train"] if a["train"][m] != b["train"][m]] == ["sem_dpo"]
+    assert a["evaluate"] != b["evaluate"]
+
+
+def test_a_method_setting_retrains_only_that_method():
+    a, b = plan_pipeline(load_config(None)), plan_pipeline(load_config(None, ["train.kto.undesirable_weight=1.5"]))
+    assert [m for m in a["train"] if a["train"][m] != b["train"][m]] == ["kto"]
+
+
+def test_alpha_sweep_plans_one_sem_dpo_run_per_alpha_on_shared_upstream():
+    sweep = plan_pipeline(load_config(None, ["train.alpha=[1, 4, 8]", "train.methods=[dpo, sem_dpo]"]))
+    assert list(sweep["train"]) == ["dpo", "sem_dpo@alpha=1", "sem_dpo@alpha=4", "sem_dpo@alpha=8"]
+    assert sweep["evaluated"] == ["human", "sft", "dpo", "sem_dpo@alpha=1", "sem_dpo@alpha=4", "sem_dpo@alpha=8"]
+    single = plan_pipeline(load_config(None, ["train.methods=[dpo, sem_dpo]"]))
+    assert [s for s in UPSTREAM if sweep[s] == single[s]] == list(UPSTREAM)
+    assert sweep["train"]["sem_dpo@alpha=4"] == single["train"]["sem_dpo"]  # the same run, reused
+
+
+def test_orpo_alone_needs_no_reference_stage():
+    plan = plan_pipeline(load_config(None, ["train.methods=[orpo]"]))
+    assert plan["reference"] is None and list(plan["train"]) == ["orpo"]
 
 
 def test_evaluating_an_untrained_method_is_an_error():
     with pytest.raises(ConfigError, match=r"evaluate.methods \['dpo'\] are not in train.methods"):
-        load_config(None, ["train.methods=[sem_dpo]"])
+        load_config(None, ["train.methods=[sem_dpo]", "evaluate.methods=[human, dpo]"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from semdpo_core.losses import dpo_loss, sem_dpo_loss, semantic_weight
-from semdpo_core.weigh import cosine_distance, semantic_weights
+from semdpo_core.weigh import cosine_distance, semantic_distances
 
 
 def test_dpo_loss_matches_hand_computation():
@@ -34,10 +34,11 @@ class FixedEncoder:
         return torch.nn.functional.normalize(torch.tensor([self.vectors[t] for t in texts]), dim=-1)
 
 
-def test_weigh_stage_gives_distance_and_weight_per_pair():
-    distance, weight = semantic_weights(FixedEncoder(), ["x", "x", "x"], ["same", "orthogonal", "opposite"], alpha=4.0, batch_size=2)
+def test_weigh_stage_gives_the_distance_and_sem_dpo_its_weight_per_pair():
+    distance = semantic_distances(FixedEncoder(), ["x", "x", "x"], ["same", "orthogonal", "opposite"], batch_size=2)
     assert distance == pytest.approx([0.0, 1.0, 2.0], abs=1e-7)
-    assert weight == pytest.approx([1.0, math.exp(-4.0), math.exp(-8.0)], rel=1e-6)
+    weight = semantic_weight(torch.tensor(distance), alpha=4.0)
+    assert weight.tolist() == pytest.approx([1.0, math.exp(-4.0), math.exp(-8.0)], rel=1e-6)
 
 
 def test_alpha_zero_gives_exactly_the_dpo_loss():

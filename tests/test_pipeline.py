@@ -20,7 +20,7 @@ SMALL = {
     "sft": {"epochs": 1},
     "candidates": {"num_candidates": 3, "max_new_tokens": 12},
     "render": {"num_inference_steps": 2, "height": 32, "width": 32},
-    "train": {"epochs": 1},
+    "train": {"epochs": 1, "methods": ["dpo", "sem_dpo"]},
     "evaluate": {"max_new_tokens": 12},
 }
 
@@ -80,11 +80,11 @@ def test_pipeline_runs_reruns_and_reproduces(tmp_path, prefect_server):
         k: [p["sha256"] for p in m["parts"]] for k, m in first.items()
     }
 
-    # a new alpha reruns only weigh, Sem-DPO training and evaluation
-    pipeline(config_path=str(config), overrides=["weigh.alpha=1.5"])
+    # a new alpha reruns only Sem-DPO training and evaluation
+    pipeline(config_path=str(config), overrides=["train.alpha=1.5"])
     runs = sorted((Path(cfg.store_root()) / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime_ns)
     stages = json.loads(runs[-1].read_text())["stages"]
-    assert sorted(k for k, v in stages.items() if not v["reused"]) == ["evaluate", "train:sem_dpo", "weigh"]
+    assert sorted(k for k, v in stages.items() if not v["reused"]) == ["evaluate", "train:sem_dpo"]
 
 
 def test_bad_prompt_file_stops_the_run_before_any_stage(tmp_path):

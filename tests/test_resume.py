@@ -26,7 +26,7 @@ SMALL = {
     "sft": {"epochs": 1},
     "candidates": {"num_candidates": 2, "max_new_tokens": 12},
     "render": {"num_inference_steps": 6},
-    "train": {"epochs": 1},
+    "train": {"epochs": 1, "methods": ["dpo", "sem_dpo"]},
     "evaluate": {"max_new_tokens": 12},
 }
 
@@ -101,7 +101,8 @@ def test_offline_default_pipeline_on_s3(s3_bucket, prefect_server):
     from flows.pipeline import pipeline
 
     table = pipeline(overrides=[f"store={s3_bucket}"])
-    assert [line.split()[0] for line in table.splitlines()[2:]] == ["human", "sft", "dpo", "sem_dpo"]
+    methods = ["human", "sft", "dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter"]
+    assert [line.split()[0] for line in table.splitlines()[2:]] == methods
     config = load_config(None, [f"store={s3_bucket}"])
     store = ArtifactStore(s3_bucket)
     assert all(store.is_committed(ref) and not store.invalid_entries(ref) for _, ref in flat_refs(plan_pipeline(config)))

@@ -1,61 +1,104 @@
-"""The preference trainer: a run stopped mid-epoch resumes from its checkpoint and ends where an
-uninterrupted run ends."""
+"""The preference trainer: every method trains; a run stopped mid-epoch resumes from its
+checkpoint and ends exactly where an uninterrupted run ends; accumulation and the schedule."""
 
+import pytest
 import torch
 
-from semdpo_core.config import TrainConfig
+from semdpo_core.config import TrainConfig, load_config
 from semdpo_core.models import load_rewriter
-from semdpo_core.train import PreferenceData, reference_logps, train_preference
+from semdpo_core.plan import plan_pipeline
+from semdpo_core.train import PreferenceData, reference_logps, train_preference, warmup_then_linear_decay
 
+CPU = torch.device("cpu")
 DATA = PreferenceData(
     prompts=[f"a red fox number {i}" for i in range(12)],
     chosen=[f"a red fox number {i}, golden hour, highly detailed" for i in range(12)],
     rejected=[f"a blue car {i}, 4k" for i in range(12)],
-    semantic_weight=[0.5 + i / 24 for i in range(12)],
+    semantic_distance=[0.05 * i for i in range(12)],
 )
-SETTINGS = dict(method="sem_dpo", beta=0.1, learning_rate=1e-3, batch_size=4, epochs=2, max_length=64, seed=7)
+SETTINGS = TrainConfig(learning_rate=1e-3, batch_size=4, epochs=2, max_length=64, beta=0.1, checkpoint_every=2,
+                       hard_filter={"tau": 0.32})
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model, tokenizer = load_rewriter("tiny:rewriter", CPU)
+    return reference_logps(model, tokenizer, DATA, 4, 64), tokenizer
 
 
 class Crash(Exception):
     pass
 
 
-def test_stopped_training_resumes_from_the_last_checkpoint_exactly():
-    cpu = torch.device("cpu")
-    reference, tokenizer = load_rewriter("tiny:rewriter", cpu)
-    ref_chosen, ref_rejected = reference_logps(reference, tokenizer, DATA, 4, 64)
+def train(method, reference, settings=SETTINGS, dropout=True, **kwargs):
+    ref, tokenizer = reference
+    policy, _ = load_rewriter("tiny:rewriter", CPU)
+    if not dropout:  # dropout masks depend on how a batch is split; without it the split must not matter
+        for module in policy.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    history = train_preference(policy, tokenizer, DATA, ref, method=method, settings=settings, alpha=4.0, seed=7, **kwargs)
+    return policy, history
 
-    full, _ = load_rewriter("tiny:rewriter", cpu)
-    full_history = train_preference(full, tokenizer, DATA, ref_chosen, ref_rejected, **SETTINGS)
-    assert len(full_history) == 6
+
+@pytest.mark.parametrize("method", ["dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter"])
+def test_every_method_trains_and_resumes_exactly(method, reference):
+    full, full_history = train(method, reference)
+    assert len(full_history) == 6 and all(torch.isfinite(torch.tensor(h["loss"])) for h in full_history)
+    start, _ = load_rewriter("tiny:rewriter", CPU)
+    assert any(not torch.equal(a, b) for a, b in zip(full.parameters(), start.parameters())), "the policy moved"
 
     saved = {}
 
     def save_then_crash(step, files):
         saved[step] = files
-        if step == 4:  # mid second epoch: 3 steps per epoch
+        if step == 4:  # in the second epoch (3 steps per epoch)
             raise Crash
 
-    crashed, _ = load_rewriter("tiny:rewriter", cpu)
-    try:
-        train_preference(crashed, tokenizer, DATA, ref_chosen, ref_rejected, checkpoint_every=2, save_checkpoint=save_then_crash, **SETTINGS)
-    except Crash:
-        pass
+    with pytest.raises(Crash):
+        train(method, reference, save_checkpoint=save_then_crash)
     assert sorted(saved) == [2, 4]
-
-    resumed, _ = load_rewriter("tiny:rewriter", cpu)
-    history = train_preference(resumed, tokenizer, DATA, ref_chosen, ref_rejected, resume_from=saved[4], **SETTINGS)
+    resumed, history = train(method, reference, resume_from=saved[4])
     assert [h["step"] for h in history] == list(range(6))
     assert [h["loss"] for h in history] == [h["loss"] for h in full_history]
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
-    assert not torch.equal(full.state_dict()["transformer.h.0.attn.c_attn.weight"], reference.state_dict()["transformer.h.0.attn.c_attn.weight"])
+
+
+def test_method_specific_metrics(reference):
+    _, sem = train("sem_dpo", reference)
+    _, hard = train("hard_filter", reference)
+    _, beta = train("beta_dpo", reference)
+    weights = torch.exp(-4.0 * torch.tensor(DATA.semantic_distance))
+    assert sum(h["effective_batch"] for h in sem) == pytest.approx(2 * weights.sum().item(), rel=1e-6)
+    assert sum(h["effective_batch"] for h in hard) == 2 * 7  # d = 0.05 i <= 0.32 for pairs 0..6, twice (2 epochs)
+    assert all(h["effective_batch"] == 3 for h in beta)  # rho = 0.8 of 4 pairs
+    assert len({round(h["beta"], 9) for h in beta}) > 1  # beta changes from batch to batch
+
+
+def test_gradient_accumulation_matches_one_big_batch(reference):
+    one = TrainConfig(learning_rate=1e-3, batch_size=4, epochs=1, max_length=64, warmup_ratio=0.0)
+    two = TrainConfig(learning_rate=1e-3, batch_size=2, gradient_accumulation_steps=2, epochs=1, max_length=64, warmup_ratio=0.0)
+    a, ha = train("dpo", reference, settings=one, dropout=False)
+    b, hb = train("dpo", reference, settings=two, dropout=False)
+    assert len(ha) == len(hb) == 3
+    assert [h["loss"] for h in ha] == pytest.approx([h["loss"] for h in hb], rel=1e-5)
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(x, y, atol=1e-6)
+
+
+def test_warmup_then_linear_decay():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = warmup_then_linear_decay(optimizer, warmup_steps=2, total_steps=6)
+    rates = []
+    for _ in range(6):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25])
 
 
 def test_checkpoint_interval_does_not_change_train_fingerprints():
-    from semdpo_core.config import load_config
-    from semdpo_core.plan import plan_pipeline
-
     a = plan_pipeline(load_config(None))["train"]
     b = plan_pipeline(load_config(None, ["train.checkpoint_every=100"]))["train"]
-    assert a == b and TrainConfig().checkpoint_every == 4
+    assert a == b
