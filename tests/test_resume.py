@@ -26,7 +26,7 @@ SMALL = {
     "sft": {"epochs": 1},
     "candidates": {"num_candidates": 2, "max_new_tokens": 12},
     "render": {"num_inference_steps": 6},
-    "train": {"epochs": 1, "methods": ["dpo", "sem_dpo"]},
+    "train": {"epochs": 3, "batch_size": 1, "checkpoint_every": 2, "methods": ["dpo", "sem_dpo"]},
     "evaluate": {"max_new_tokens": 12},
 }
 
@@ -47,36 +47,61 @@ def run_cli(config: Path, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True, text=True, timeout=600, **kwargs)
 
 
-def test_run_killed_mid_render_resumes_without_redoing_committed_shards(tmp_path):
+def start_cli(config: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> None:
+    """SIGKILL the run (and its Prefect server) as soon as `ready()` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not ready() and process.poll() is None:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_runs_killed_mid_render_and_mid_training_resume_where_they_stopped(tmp_path):
     reference = write_config(tmp_path, "reference", str(tmp_path / "reference"))
     assert run_cli(reference).returncode == 0
 
     config = write_config(tmp_path, "killed", str(tmp_path / "killed"))
-    render = plan_pipeline(load_config(config))["render"]
-    shards_dir = tmp_path / "killed" / render.prefix / "_shards"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list(shards_dir.glob("*.json"))) < 2:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    committed = sorted(shards_dir.glob("*.json"))
+    plan = plan_pipeline(load_config(config))
+    render_dir = tmp_path / "killed" / plan["render"].prefix
+    kill_when(start_cli(config), lambda: len(list((render_dir / "_shards").glob("*.json"))) >= 2)
+    committed = sorted((render_dir / "_shards").glob("*.json"))
     assert 2 <= len(committed) < 6, "the kill should land in the middle of the render stage"
-    assert not (tmp_path / "killed" / render.prefix / "_manifest.json").exists()
-    parts = {p.name.removesuffix(".json"): (tmp_path / "killed" / render.prefix / p.name.removesuffix(".json")).stat()
-             for p in committed}
+    assert not (render_dir / "_manifest.json").exists()
+    parts = {p.name.removesuffix(".json"): (render_dir / p.name.removesuffix(".json")).stat() for p in committed}
+
+    # second run: killed during DPO training, once a checkpoint past step 4 is in the store
+    checkpoints = tmp_path / "killed" / plan["train"]["dpo"].prefix / "_checkpoints"
+    kill_when(start_cli(config), lambda: (checkpoints / "step-000000004" / "_index.json").exists())
+    assert not (tmp_path / "killed" / plan["train"]["dpo"].prefix / "_manifest.json").exists()
+    newest = max(int(p.name.split("-")[1]) for p in checkpoints.iterdir() if (p / "_index.json").exists())
+    for name, before in parts.items():  # committed render parts were not rewritten
+        after = (render_dir / name).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
     result = run_cli(config)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert f"render {render}: 6 shards, {len(committed)} reused, {6 - len(committed)} to compute" in log
-    for name, before in parts.items():  # committed parts were not rewritten
-        after = (tmp_path / "killed" / render.prefix / name).stat()
-        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert "render: reusing" in log or "Cached" in log
+    assert f"dpo: resuming from the checkpoint at step {newest} of 36" in log
     assert part_digests(config) == part_digests(reference)
+
+
+def test_render_shard_log_counts_reused_and_computed(tmp_path):
+    config = write_config(tmp_path, "counted", str(tmp_path / "counted"))
+    plan = plan_pipeline(load_config(config))
+    render_dir = tmp_path / "counted" / plan["render"].prefix
+    kill_when(start_cli(config), lambda: len(list((render_dir / "_shards").glob("*.json"))) >= 2)
+    done = len(list((render_dir / "_shards").glob("*.json")))
+    result = run_cli(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"render {plan['render']}: 6 shards, {done} reused, {6 - done} to compute" in result.stdout + result.stderr
 
 
 def test_damaged_part_is_recomputed_not_read(tmp_path, prefect_server):
