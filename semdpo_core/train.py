@@ -171,8 +171,9 @@ def train_preference(
     seed: int = 0,
     save_checkpoint: Callable[[int, dict[str, bytes]], None] | None = None,
     resume_from: dict[str, bytes] | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train `policy` in place with `method`; returns per-optimizer-step metrics.
+    """Train `policy` in place with `method`; returns per-optimizer-step metrics (`on_step` sees each).
 
     Every `settings.checkpoint_every` steps the full training state goes to
     `save_checkpoint(step, files)`; `resume_from` (such files) continues from that step with the
@@ -254,6 +255,8 @@ def train_preference(
             )
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            if on_step:
+                on_step(history[-1])
             if save_checkpoint and s.checkpoint_every and step % s.checkpoint_every == 0 and step < total:
                 extra = {"scheduler": scheduler.state_dict(), "loss": loss_fn.state()}
                 save_checkpoint(step, checkpoints.to_files(policy, optimizer, step, history, extra))
