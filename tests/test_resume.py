@@ -166,3 +166,39 @@ def test_s3_outage_mid_run_fails_clearly_and_the_rerun_completes(tmp_path, s3_se
     table = pipeline(config_path=str(config))
     assert "sem_dpo" in table
     assert all(store.is_committed(ref) for _, ref in flat_refs(plan_pipeline(cfg)))
+
+
+def test_prefect_flow_run_retry_continues_a_failed_run(tmp_path, prefect_server):
+    import shutil
+
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.pipeline import pipeline
+    from semdpo_core.models import resolve
+
+    reward_model = tmp_path / "reward-model"  # not there yet: the label stage fails
+    config = tmp_path / "retry.yaml"
+    config.write_text(yaml.safe_dump({**SMALL, "store": str(tmp_path / "retry"),
+                                      "label": {"reward_model": {"kind": "pickscore", "model": str(reward_model)}}}))
+    state = pipeline(config_path=str(config), return_state=True)
+    assert state.is_failed()
+    plan = plan_pipeline(load_config(config))
+    render_dir = tmp_path / "retry" / plan["render"].prefix
+    assert (render_dir / "_manifest.json").exists() and not (tmp_path / "retry" / plan["label"].prefix / "_manifest.json").exists()
+    before = {p.name: p.stat().st_mtime_ns for p in render_dir.glob("part-*.parquet")}
+
+    shutil.copytree(resolve("tiny:pickscore"), reward_model)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", "flow-run", "retry", str(state.state_details.flow_run_id),
+         "--entrypoint", "flows/pipeline.py:pipeline"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert all(store_ref_done(config, ref) for _, ref in flat_refs(plan))
+    assert {p.name: p.stat().st_mtime_ns for p in render_dir.glob("part-*.parquet")} == before  # not redone
+    assert f"render {plan['render']}: 6 shards, 6 reused, 0 to compute" in result.stdout + result.stderr
+
+
+def store_ref_done(config_path: Path, ref) -> bool:
+    return ArtifactStore(load_config(config_path).store_root()).is_committed(ref)
