@@ -14,12 +14,13 @@ from prefect import flow, get_run_logger
 
 from semdpo_core.config import PipelineConfig, load_config
 from semdpo_core.evaluate import format_metrics, summarize
-from semdpo_core.plan import USES_DISTANCE, USES_REFERENCE, flat_refs, plan_pipeline
+from semdpo_core.plan import USES_DISTANCE, USES_FIDELITY, USES_REFERENCE, flat_refs, plan_pipeline
 from semdpo_core.schemas import EVALUATION
 from tasks.candidates import candidates as candidates_task
 from tasks.candidates import num_shards as candidates_shards
 from tasks.common import open_store
 from tasks.evaluate import evaluate as evaluate_task
+from tasks.label import fidelity as fidelity_task
 from tasks.label import label as label_task
 from tasks.label import pairs as pairs_task
 from tasks.prompts import prompts as prompts_task
@@ -43,6 +44,9 @@ def run_stages(config: PipelineConfig, plan: dict[str, Any]) -> None:
     shards = open_store(config).num_parts(candidates)
     images = render_task(config, plan["render"], shards, candidates=candidates)
     rewards = label_task(config, plan["label"], shards, candidates=candidates, images=images)
+    fidelity = None
+    if plan["fidelity"] is not None:
+        fidelity = fidelity_task(config, plan["fidelity"], shards, candidates=candidates, images=images)
     pairs = pairs_task(config, plan["pairs"], candidates=candidates, rewards=rewards)
     weights = weigh_task(config, plan["weigh"], pair_shards(config, pairs), pairs=pairs)
     reference = None
@@ -53,6 +57,7 @@ def run_stages(config: PipelineConfig, plan: dict[str, Any]) -> None:
             config, plan["train"][run.label], task_name=f"train-{run.label}", run=run, sft=sft,
             pairs=weights if run.method in USES_DISTANCE else pairs,
             reference=reference if run.method in USES_REFERENCE else None,
+            fidelity=fidelity if run.method in USES_FIDELITY else None,
         )
         for run in plan["runs"]
     }

@@ -80,6 +80,17 @@ class LabelConfig(Section):
     batch_size: int = Field(32, ge=1)
 
 
+class FidelityConfig(Section):
+    """A text-fidelity score per rendered candidate, for the additive-reward baseline (paper, App. D).
+
+    The paper adds VisionReward's text-fidelity score; VisionReward has no offline build here, so
+    the default is CLIP score of the image against the original prompt. Computed only when
+    `train.methods` has `additive`."""
+
+    scorer: ScorerConfig = ScorerConfig(kind="clip", model="tiny:clip")
+    batch_size: int = Field(32, ge=1)
+
+
 class WeighConfig(Section):
     """Offline semantic distances d(x, y_w) = 1 - cos(e(x), e(y_w)) from a frozen text encoder."""
 
@@ -87,8 +98,8 @@ class WeighConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
-Method = Literal["dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter"]
-METHODS: tuple[str, ...] = ("dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter")
+Method = Literal["dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter", "additive"]
+METHODS: tuple[str, ...] = ("dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter", "additive")
 
 
 class KTOConfig(Section):
@@ -118,6 +129,13 @@ class HardFilterConfig(Section):
     tau: float = Field(0.3, gt=0, le=2)
 
 
+class AdditiveConfig(Section):
+    """The additive-reward baseline: DPO whose margin must also cover the fidelity gap,
+    loss = -log sigmoid(beta * margin - coefficient * (f_w - f_l) / std(f_w - f_l))."""
+
+    coefficient: float = Field(1.0, ge=0)
+
+
 class TrainConfig(Section):
     """Preference fine-tuning from the SFT checkpoint; the SFT model is the reference.
 
@@ -141,6 +159,7 @@ class TrainConfig(Section):
     orpo: ORPOConfig = ORPOConfig()
     beta_dpo: BetaDPOConfig = BetaDPOConfig()
     hard_filter: HardFilterConfig = HardFilterConfig()
+    additive: AdditiveConfig = AdditiveConfig()
 
     def alphas(self) -> list[float]:
         return list(self.alpha) if isinstance(self.alpha, list) else [self.alpha]
@@ -173,6 +192,7 @@ class PipelineConfig(Section):
     candidates: CandidatesConfig = CandidatesConfig()
     render: RenderConfig = RenderConfig()
     label: LabelConfig = LabelConfig()
+    fidelity: FidelityConfig = FidelityConfig()
     weigh: WeighConfig = WeighConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

@@ -25,7 +25,7 @@ def score_images(scorer: Scorer, images: list[bytes], prompts: list[str], batch_
 
 def select_pairs(candidates: pa.Table, rewards: dict[str, float]) -> pa.Table:
     """Per prompt, chosen = best-rewarded rewrite and rejected = worst; ties make no pair."""
-    by_prompt: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    by_prompt: dict[str, list[tuple[str, str, float]]] = defaultdict(list)  # (candidate id, rewrite, reward)
     texts = {}
     for row in candidates.to_pylist():
         if row["candidate_id"] in rewards:
@@ -47,6 +47,8 @@ def select_pairs(candidates: pa.Table, rewards: dict[str, float]) -> pa.Table:
             continue
         rows["prompt_id"].append(pid)
         rows["prompt"].append(texts[pid])
+        rows["chosen_id"].append(best[0])
+        rows["rejected_id"].append(worst[0])
         rows["chosen"].append(best[1])
         rows["rejected"].append(worst[1])
         rows["chosen_reward"].append(best[2])

@@ -84,6 +84,22 @@ def ipo_loss(
     return (chosen - rejected - 1 / (2 * beta)) ** 2
 
 
+def additive_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    beta: float,
+    fidelity_margin: torch.Tensor,
+    coefficient: float,
+) -> torch.Tensor:
+    """The additive-reward baseline (paper, Appendix D): the text-fidelity reward gap f_w - f_l
+    (normalised) enters the DPO objective as an extra reward term, here as a margin offset:
+    -log sigmoid(beta * margin - coefficient * fidelity_margin)."""
+    logits = dpo_logits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    return -F.logsigmoid(beta * logits - coefficient * fidelity_margin)
+
+
 def kto_kl(policy_kl_logps: torch.Tensor, reference_kl_logps: torch.Tensor) -> torch.Tensor:
     """KTO's reference point: the batch's mean log-ratio on mismatched (x, y') pairs, >= 0, no gradient."""
     return (policy_kl_logps - reference_kl_logps).mean().detach().clamp(min=0)

@@ -15,9 +15,10 @@ from semdpo_core.config import PipelineConfig, TrainConfig
 from semdpo_core.prompts import source_digest
 from semdpo_core.store import DatasetRef, fingerprint
 
-STAGES = ("prompts", "sft", "candidates", "render", "label", "pairs", "weigh", "reference", "train", "evaluate")
-USES_REFERENCE = {"dpo", "sem_dpo", "ipo", "kto", "beta_dpo", "hard_filter"}  # all but ORPO
+STAGES = ("prompts", "sft", "candidates", "render", "label", "fidelity", "pairs", "weigh", "reference", "train", "evaluate")
+USES_REFERENCE = {"dpo", "sem_dpo", "ipo", "kto", "beta_dpo", "hard_filter", "additive"}  # all but ORPO
 USES_DISTANCE = {"sem_dpo", "hard_filter"}
+USES_FIDELITY = {"additive"}
 SHARED_TRAIN_SETTINGS = (
     "beta", "learning_rate", "batch_size", "gradient_accumulation_steps", "warmup_ratio", "max_grad_norm",
     "precision", "epochs", "max_length",
@@ -79,6 +80,7 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
     )
     render = fingerprint("render", {**config.render.model_dump(), **shards}, [candidates])
     label = fingerprint("label", {**config.label.model_dump(), **shards}, [candidates, render])
+    fidelity = fingerprint("fidelity", {**config.fidelity.model_dump(), **shards}, [candidates, render])
     pairs = fingerprint("pairs", {}, [candidates, label])
     weigh = fingerprint("weigh", {**config.weigh.model_dump(), **shards}, [pairs])
     runs = train_runs(config.train)
@@ -89,6 +91,8 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
         inputs = [sft, weigh if run.method in USES_DISTANCE else pairs]
         if run.method in USES_REFERENCE:
             inputs.append(reference)
+        if run.method in USES_FIDELITY:
+            inputs.append(fidelity)
         train[run.label] = fingerprint("train", {**method_settings(config.train, run), "seed": config.seed}, inputs)
     evaluated = evaluated_labels(config, runs)
     evaluate = fingerprint(
@@ -99,7 +103,7 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
     )
     return {
         "prompts": prompts, "sft": sft, "candidates": candidates, "render": render, "label": label,
-        "pairs": pairs, "weigh": weigh, "reference": reference if needs_reference else None, "train": train,
+        "fidelity": fidelity if any(run.method in USES_FIDELITY for run in runs) else None, "pairs": pairs, "weigh": weigh, "reference": reference if needs_reference else None, "train": train,
         "evaluate": evaluate,
         "runs": runs, "evaluated": evaluated,
     }

@@ -52,10 +52,20 @@ PAIRS = pa.schema(
     [
         ("prompt_id", pa.string()),
         ("prompt", pa.string()),
+        ("chosen_id", pa.string()),  # candidate ids: which images the labels came from
+        ("rejected_id", pa.string()),
         ("chosen", pa.string()),
         ("rejected", pa.string()),
         ("chosen_reward", pa.float64()),
         ("rejected_reward", pa.float64()),
+    ]
+)
+
+FIDELITY = pa.schema(
+    [
+        ("candidate_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("fidelity", pa.float64()),  # text-fidelity of the image to the ORIGINAL prompt (additive baseline)
     ]
 )
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from semdpo_core import checkpoints
 from semdpo_core.config import TrainConfig
 from semdpo_core.losses import (
-    BetaDPO, dpo_logits, dpo_loss, hard_filter_loss, ipo_loss, kto_kl, kto_loss, orpo_loss, sem_dpo_loss, semantic_weight,
+    BetaDPO, additive_loss, dpo_logits, dpo_loss, hard_filter_loss, ipo_loss, kto_kl, kto_loss, orpo_loss, sem_dpo_loss, semantic_weight,
 )
 from semdpo_core.models import load_rewriter
 from semdpo_core.rewriter import encode_pairs, sequence_logps
@@ -39,6 +39,7 @@ class PreferenceData:
     rejected: list[str]
     semantic_distance: list[float]
     kl_completion: list[str] | None = None  # as stored by the reference stage
+    fidelity_margin: list[float] | None = None  # f(y_w) - f(y_l), for the additive baseline
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -105,12 +106,14 @@ def mixed_precision(device: torch.device, precision: str) -> tuple[contextlib.Ab
 class PairLoss:
     """The per-pair loss of one method, with its settings and state (beta-DPO's moving averages)."""
 
-    def __init__(self, method: str, settings: TrainConfig, alpha: float | None, seed: int):
-        self.method, self.settings, self.alpha = method, settings, alpha
+    def __init__(self, method: str, settings: TrainConfig, alpha: float | None, seed: int, fidelity_scale: float = 1.0):
+        self.method, self.settings, self.alpha, self.fidelity_scale = method, settings, alpha, fidelity_scale
         b = settings.beta_dpo
         self.beta_dpo = BetaDPO(settings.beta, b.alpha, b.rho, b.momentum, generator=torch.Generator().manual_seed(seed))
 
-    def __call__(self, policy: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], distance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def __call__(
+        self, policy: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], distance: torch.Tensor, fidelity: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(per-pair losses, per-pair weights, beta used)."""
         s, beta = self.settings, self.settings.beta
         pc, pr = policy["chosen"], policy["rejected"]
@@ -131,6 +134,9 @@ class PairLoss:
         if self.method == "kto":
             kl = kto_kl(policy["kl"], ref["kl"])
             return kto_loss(pc, pr, rc, rr, beta, kl, s.kto.desirable_weight, s.kto.undesirable_weight), ones, beta
+        if self.method == "additive":
+            margin = (fidelity / self.fidelity_scale).to(pc.dtype)
+            return additive_loss(pc, pr, rc, rr, beta, margin, s.additive.coefficient), ones, beta
         if self.method == "beta_dpo":
             losses, kept, used = self.beta_dpo.loss(pc, pr, rc, rr)
             return losses, kept, used
@@ -181,11 +187,15 @@ def train_preference(
     """
     if method != "orpo" and reference is None:
         raise ValueError(f"{method} needs the reference log-probs of the pairs")
+    if method == "additive" and data.fidelity_margin is None:
+        raise ValueError("the additive baseline needs each pair's fidelity margin (the fidelity stage)")
     s = settings
     rng = random.Random(seed)
     torch.manual_seed(seed)
     device = next(policy.parameters()).device
-    loss_fn = PairLoss(method, s, alpha, seed)
+    fidelity = torch.tensor(data.fidelity_margin or [0.0] * len(data), dtype=torch.float64)
+    fidelity_scale = fidelity.std().item() if len(data) > 1 and fidelity.std().item() > 0 else 1.0
+    loss_fn = PairLoss(method, s, alpha, seed, fidelity_scale)
     distances = torch.tensor(data.semantic_distance, dtype=torch.float64)
     report_weights(method, distances, alpha, s.hard_filter.tau)
     kl_completions = data.kl_completions()
@@ -226,7 +236,7 @@ def train_preference(
                 ref = {} if reference is None else {
                     k: getattr(reference, k)[idx].to(device) for k in ("chosen", "rejected", "kl", "chosen_tokens", "rejected_tokens")
                 }
-                losses, weights, beta = loss_fn(pol, ref, distances[idx].to(device))
+                losses, weights, beta = loss_fn(pol, ref, distances[idx].to(device), fidelity[idx].to(device))
                 loss = losses.mean() / len(group)
                 (scaler.scale(loss) if scaler else loss).backward()
                 margin = dpo_logits(pc, pr, ref["chosen"], ref["rejected"]) if ref else dpo_logits(pc, pr, 0 * pc, 0 * pr)

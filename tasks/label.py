@@ -8,27 +8,40 @@ import pyarrow as pa
 from semdpo_core.config import PipelineConfig
 from semdpo_core.label import score_images, select_pairs
 from semdpo_core.models import resolve_device
-from semdpo_core.schemas import CANDIDATES, IMAGES, PAIRS, REWARDS
+from semdpo_core.config import ScorerConfig
+from semdpo_core.schemas import CANDIDATES, FIDELITY, IMAGES, PAIRS, REWARDS
 from semdpo_core.store import DatasetRef
 from tasks.common import ShardedStage, inference_model, open_store, stage_task
 
 
-def label_shard(config: PipelineConfig, shard: int, candidates: DatasetRef, images: DatasetRef) -> pa.Table:
+def score_shard(
+    config: PipelineConfig, shard: int, candidates: DatasetRef, images: DatasetRef, scorer_config: ScorerConfig,
+    batch_size: int, column: str,
+) -> pa.Table:
+    """Score one shard's images against their ORIGINAL prompts; one row per candidate."""
     store = open_store(config)
     cands = store.read_part(candidates, shard, CANDIDATES)
     imgs = store.read_part(images, shard, IMAGES)
     prompt_of = dict(zip(cands.column("candidate_id").to_pylist(), cands.column("prompt").to_pylist()))
-    rm = config.label.reward_model
-    scorer = inference_model(f"scorer:{rm.kind}", rm.model, str(resolve_device(config.device)), rm.processor)
+    sc = scorer_config
+    scorer = inference_model(f"scorer:{sc.kind}", sc.model, str(resolve_device(config.device)), sc.processor)
     ids = imgs.column("candidate_id").to_pylist()
-    rewards = score_images(
-        scorer, imgs.column("image").to_pylist(), [prompt_of[i] for i in ids], config.label.batch_size,
-        desc=f"label shard {shard}",
+    scores = score_images(
+        scorer, imgs.column("image").to_pylist(), [prompt_of[i] for i in ids], batch_size, desc=f"{column} shard {shard}"
     )
-    return pa.table({"candidate_id": ids, "prompt_id": imgs.column("prompt_id"), "reward": pa.array(rewards, pa.float64())})
+    return pa.table({"candidate_id": ids, "prompt_id": imgs.column("prompt_id"), column: pa.array(scores, pa.float64())})
+
+
+def label_shard(config: PipelineConfig, shard: int, candidates: DatasetRef, images: DatasetRef) -> pa.Table:
+    return score_shard(config, shard, candidates, images, config.label.reward_model, config.label.batch_size, "reward")
+
+
+def fidelity_shard(config: PipelineConfig, shard: int, candidates: DatasetRef, images: DatasetRef) -> pa.Table:
+    return score_shard(config, shard, candidates, images, config.fidelity.scorer, config.fidelity.batch_size, "fidelity")
 
 
 label = ShardedStage("label", REWARDS, label_shard)
+fidelity = ShardedStage("fidelity", FIDELITY, fidelity_shard)
 
 
 @stage_task("pairs")

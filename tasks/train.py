@@ -15,7 +15,7 @@ import torch
 from semdpo_core.config import PipelineConfig
 from semdpo_core.models import resolve_device
 from semdpo_core.plan import USES_DISTANCE, TrainRun
-from semdpo_core.schemas import PAIRS, REFERENCE, TRAIN_LOG, WEIGHTS
+from semdpo_core.schemas import FIDELITY, PAIRS, REFERENCE, TRAIN_LOG, WEIGHTS
 from semdpo_core.store import DatasetRef
 from semdpo_core.train import PreferenceData, ReferenceLogps, train_from_sft
 from tasks.common import checkpoint_dir, checkpoint_files, open_store, release_models, stage_task
@@ -23,11 +23,24 @@ from tasks.common import checkpoint_dir, checkpoint_files, open_store, release_m
 log = logging.getLogger("semdpo.train")
 
 
+def fidelity_margins(scores: pa.Table, pairs: pa.Table) -> list[float]:
+    """f(y_w) - f(y_l) for each pair, from the per-candidate fidelity scores."""
+    f = dict(zip(scores.column("candidate_id").to_pylist(), scores.column("fidelity").to_pylist()))
+    return [f[c] - f[r] for c, r in zip(pairs.column("chosen_id").to_pylist(), pairs.column("rejected_id").to_pylist())]
+
+
 @stage_task("train")
 def train(
-    config: PipelineConfig, ref: DatasetRef, run: TrainRun, sft: DatasetRef, pairs: DatasetRef, reference: DatasetRef | None
+    config: PipelineConfig,
+    ref: DatasetRef,
+    run: TrainRun,
+    sft: DatasetRef,
+    pairs: DatasetRef,
+    reference: DatasetRef | None,
+    fidelity: DatasetRef | None = None,
 ) -> DatasetRef:
-    """`pairs` is the weigh output (with distances) for Sem-DPO and the hard filter, else the pairs."""
+    """`pairs` is the weigh output (with distances) for Sem-DPO and the hard filter, else the pairs;
+    `fidelity` holds the per-candidate fidelity scores the additive baseline needs."""
     store = open_store(config)
     table = store.read_table(pairs, WEIGHTS if run.method in USES_DISTANCE else PAIRS)
     stored = store.read_table(reference, REFERENCE) if reference is not None else None
@@ -40,6 +53,7 @@ def train(
         semantic_distance=table.column("semantic_distance").to_pylist() if "semantic_distance" in table.column_names
         else [0.0] * table.num_rows,
         kl_completion=stored.column("kl_completion").to_pylist() if stored is not None else None,
+        fidelity_margin=fidelity_margins(store.read_table(fidelity, FIDELITY), table) if fidelity is not None else None,
     )
     reference_logps = None
     if stored is not None:

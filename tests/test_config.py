@@ -56,9 +56,11 @@ def test_alpha_sweep_plans_one_sem_dpo_run_per_alpha_on_shared_upstream():
     assert sweep["train"]["sem_dpo@alpha=4"] == single["train"]["sem_dpo"]  # the same run, reused
 
 
-def test_orpo_alone_needs_no_reference_stage():
+def test_orpo_alone_needs_no_reference_stage_and_only_additive_needs_fidelity():
     plan = plan_pipeline(load_config(None, ["train.methods=[orpo]"]))
-    assert plan["reference"] is None and list(plan["train"]) == ["orpo"]
+    assert plan["reference"] is None and plan["fidelity"] is None and list(plan["train"]) == ["orpo"]
+    plan = plan_pipeline(load_config(None))
+    assert plan["reference"] is not None and plan["fidelity"] is not None
 
 
 def test_evaluating_an_untrained_method_is_an_error():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from semdpo_core.losses import (
-    BetaDPO, dpo_logits, dpo_loss, hard_filter_loss, ipo_loss, kto_kl, kto_loss, orpo_loss, sem_dpo_loss,
+    BetaDPO, additive_loss, dpo_logits, dpo_loss, hard_filter_loss, ipo_loss, kto_kl, kto_loss, orpo_loss, sem_dpo_loss,
 )
 
 trl = pytest.importorskip("trl")
@@ -136,6 +136,16 @@ def test_hard_filter_by_hand():
     loss = hard_filter_loss(*logps, beta=0.1, semantic_distance=torch.tensor([0.1, 0.3, 0.30001]), tau=0.3)
     one = math.log1p(math.exp(-0.15))  # -log sigmoid(0.1 * 1.5)
     assert loss.tolist() == pytest.approx([one, one, 0.0], abs=1e-7)
+
+
+def test_additive_by_hand():
+    # margin 1.5, beta 0.1, fidelity gap 0.2 * coefficient 2 -> -log sigmoid(0.15 - 0.4)
+    loss = additive_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]), torch.tensor([-6.5]), beta=0.1,
+                         fidelity_margin=torch.tensor([0.2]), coefficient=2.0)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(0.25)), abs=1e-7)
+    plain = additive_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]), torch.tensor([-6.5]), beta=0.1,
+                          fidelity_margin=torch.tensor([0.2]), coefficient=0.0)
+    assert plain.item() == pytest.approx(dpo_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]), torch.tensor([-6.5]), 0.1).item())
 
 
 def test_sem_dpo_by_hand():

@@ -126,7 +126,7 @@ def test_offline_default_pipeline_on_s3(s3_bucket, prefect_server):
     from flows.pipeline import pipeline
 
     table = pipeline(overrides=[f"store={s3_bucket}"])
-    methods = ["human", "sft", "dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter"]
+    methods = ["human", "sft", "dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter", "additive"]
     assert [line.split()[0] for line in table.splitlines()[2:]] == methods
     config = load_config(None, [f"store={s3_bucket}"])
     store = ArtifactStore(s3_bucket)

@@ -23,7 +23,8 @@ def store(request, tmp_path):
 def pairs_table(n=3, start=0):
     ids = [f"p{i}" for i in range(start, start + n)]
     return pa.table(
-        {"prompt_id": ids, "prompt": ["x"] * n, "chosen": ["w"] * n, "rejected": ["l"] * n,
+        {"prompt_id": ids, "prompt": ["x"] * n, "chosen_id": [f"{i}-0" for i in ids], "rejected_id": [f"{i}-1" for i in ids],
+         "chosen": ["w"] * n, "rejected": ["l"] * n,
          "chosen_reward": [1.0] * n, "rejected_reward": [0.0] * n}
     )
 
@@ -83,7 +84,7 @@ def test_table_that_does_not_match_its_schema_is_refused_naming_the_column(store
     bad = pairs_table().drop_columns(["rejected"])
     with pytest.raises(SchemaError, match=r"pairs/f00/part-00000.parquet: missing column\(s\) rejected"):
         store.write_dataset(REF, PAIRS, bad)
-    bad = pairs_table().set_column(4, "chosen_reward", pa.array(["high"] * 3))
+    bad = pairs_table().set_column(PAIRS.get_field_index("chosen_reward"), "chosen_reward", pa.array(["high"] * 3))
     with pytest.raises(SchemaError, match=r"column 'chosen_reward' has type string, expected double"):
         store.write_dataset(REF, PAIRS, bad)
     assert not store.is_committed(REF)

@@ -15,6 +15,7 @@ DATA = PreferenceData(
     chosen=[f"a red fox number {i}, golden hour, highly detailed" for i in range(12)],
     rejected=[f"a blue car {i}, 4k" for i in range(12)],
     semantic_distance=[0.05 * i for i in range(12)],
+    fidelity_margin=[0.01 * (i % 5) - 0.02 for i in range(12)],
 )
 SETTINGS = TrainConfig(learning_rate=1e-3, batch_size=4, epochs=2, max_length=64, beta=0.1, checkpoint_every=2,
                        hard_filter={"tau": 0.32})
@@ -41,7 +42,7 @@ def train(method, reference, settings=SETTINGS, dropout=True, **kwargs):
     return policy, history
 
 
-@pytest.mark.parametrize("method", ["dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter"])
+@pytest.mark.parametrize("method", ["dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter", "additive"])
 def test_every_method_trains_and_resumes_exactly(method, reference):
     full, full_history = train(method, reference)
     assert len(full_history) == 6 and all(torch.isfinite(torch.tensor(h["loss"])) for h in full_history)
