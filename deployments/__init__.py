@@ -1,0 +1,1 @@
+"""Deployment helpers: work pools and registration of every deployment in prefect.yaml."""

@@ -17,26 +17,30 @@ SetOption = Annotated[
 def run(
     config: Annotated[Optional[str], typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
     set_: SetOption = None,
+    stage: Annotated[Optional[str], typer.Option(help="run this stage alone (its upstream must be done)")] = None,
 ) -> None:
-    """Run the whole pipeline; finished stages are reused from the store."""
+    """Run the whole pipeline (or one stage); finished stages are reused from the store."""
     from semdpo_core.config import ConfigError, load_config
+    from semdpo_core.plan import STAGES
     from semdpo_core.prompts import PromptFileError, check_sources
 
     try:  # fail here, before Prefect starts, on a bad config or bad input files
         cfg = load_config(config, set_)
         d = cfg.data
         check_sources(d.train_prompts, d.test_prompts, d.sft_pairs, d.prompt_column)
+        if stage is not None and stage not in STAGES:
+            raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     except (ConfigError, PromptFileError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    from flows.pipeline import pipeline
+    from flows.pipeline import UpstreamMissing, pipeline
     from semdpo_core.backends import StoreError
     from semdpo_core.models import ModelNotFound
     from semdpo_core.store import CorruptArtifact
 
     try:
-        table = pipeline(config_path=config, overrides=set_ or [])
-    except (PromptFileError, ModelNotFound, NotImplementedError, StoreError, CorruptArtifact) as e:
+        table = pipeline(config_path=config, overrides=set_ or [], stage=stage)
+    except (PromptFileError, ModelNotFound, NotImplementedError, StoreError, CorruptArtifact, UpstreamMissing) as e:
         typer.echo(f"\nerror: {e}\nFinished stages are kept in the store; fix the input and run again.", err=True)
         raise typer.Exit(1) from None
     typer.echo("\nSem-DPO evaluation: image vs ORIGINAL prompt, mean ± std over test prompts\n")
@@ -59,6 +63,18 @@ def status(
         typer.echo(f"  {row.label:16s} {row.ref.fingerprint}  {row.state:8s} {row.detail}")
     done = sum(r.state == "done" for r in rows)
     typer.echo(f"{done} of {len(rows)} stage outputs done")
+
+
+@app.command()
+def deploy(
+    pool_type: Annotated[str, typer.Option(help="type of the work pools to create (process, docker, ...)")] = "process",
+) -> None:
+    """Create the work pools and register every deployment in prefect.yaml (safe to repeat)."""
+    from deployments.deploy import ensure_work_pools, register_deployments, work_pools
+
+    created = ensure_work_pools(work_pools(), pool_type)
+    typer.echo(f"work pools: {', '.join(work_pools())} ({'created ' + ', '.join(created) if created else 'all existed'})")
+    register_deployments()
 
 
 if __name__ == "__main__":

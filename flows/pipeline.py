@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from semdpo_core.config import PipelineConfig, load_config
 from semdpo_core.evaluate import format_metrics, summarize
-from semdpo_core.plan import USES_DISTANCE, USES_FIDELITY, USES_REFERENCE, flat_refs, plan_pipeline
+from semdpo_core.plan import STAGES, USES_DISTANCE, USES_FIDELITY, USES_REFERENCE, flat_refs, plan_pipeline
 from semdpo_core.schemas import EVALUATION
 from tasks.candidates import candidates as candidates_task
 from tasks.candidates import num_shards as candidates_shards
@@ -32,26 +32,61 @@ from tasks.weigh import num_shards as pair_shards
 from tasks.weigh import weigh as weigh_task
 
 
-def run_stages(config: PipelineConfig, plan: dict[str, Any]) -> None:
-    """Each stage in order, passing only store references between them. Sharded stages run
-    one task per shard: candidates shard the training prompts, render and label follow the
-    candidates' shards, weigh and reference shard the pairs."""
+class UpstreamMissing(RuntimeError):
+    """A stage was asked to run alone before the stages it reads from."""
+
+
+def check_upstream(store: Any, plan: dict[str, Any], stage: str) -> None:
+    """Running one stage alone needs every stage before it in the store."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    before = set(STAGES[: STAGES.index(stage)])
+    missing = [label for label, ref in flat_refs(plan) if label.split(":")[0] in before and not store.is_committed(ref)]
+    if missing:
+        raise UpstreamMissing(
+            f"stage {stage!r} needs {', '.join(missing)} first: run the pipeline (or those stages) before it"
+        )
+
+
+def run_stages(config: PipelineConfig, plan: dict[str, Any], until: str | None = None) -> None:
+    """Each stage in order, through `until` (default: all), passing only store references between
+    them. Sharded stages run one task per shard: candidates shard the training prompts, render,
+    label and fidelity follow the candidates' shards, weigh and reference shard the pairs."""
+    reached = lambda stage: stage == until  # noqa: E731
     prompts = prompts_task(config, plan["prompts"])
+    if reached("prompts"):
+        return
     sft = sft_task(config, plan["sft"])
+    if reached("sft"):
+        return
     candidates = candidates_task(
         config, plan["candidates"], candidates_shards(config, prompts), prompts=prompts, sft=sft
     )
+    if reached("candidates"):
+        return
     shards = open_store(config).num_parts(candidates)
     images = render_task(config, plan["render"], shards, candidates=candidates)
+    if reached("render"):
+        return
     rewards = label_task(config, plan["label"], shards, candidates=candidates, images=images)
+    if reached("label"):
+        return
     fidelity = None
     if plan["fidelity"] is not None:
         fidelity = fidelity_task(config, plan["fidelity"], shards, candidates=candidates, images=images)
+    if reached("fidelity"):
+        return
     pairs = pairs_task(config, plan["pairs"], candidates=candidates, rewards=rewards)
+    if reached("pairs"):
+        return
     weights = weigh_task(config, plan["weigh"], pair_shards(config, pairs), pairs=pairs)
+    if reached("weigh"):
+        return
     reference = None
     if plan["reference"] is not None:
         reference = reference_task(config, plan["reference"], pair_shards(config, pairs), sft=sft, pairs=pairs)
+    if reached("reference"):
+        return
     trained = {
         run.label: train_task(
             config, plan["train"][run.label], task_name=f"train-{run.label}", run=run, sft=sft,
@@ -61,34 +96,41 @@ def run_stages(config: PipelineConfig, plan: dict[str, Any]) -> None:
         )
         for run in plan["runs"]
     }
+    if reached("train"):
+        return
     evaluate_task(config, plan["evaluate"], prompts=prompts, methods=plan["evaluated"], checkpoints={"sft": sft, **trained})
 
 
 @flow(name="semdpo-pipeline")
-def pipeline(config_path: str | None = None, overrides: list[str] | None = None) -> str:
-    """Run the whole pipeline for a config file (None: the offline default); returns the metrics table.
+def pipeline(config_path: str | None = None, overrides: list[str] | None = None, stage: str | None = None) -> str:
+    """Run the pipeline for a config file (None: the offline default); returns the metrics table.
 
+    `stage` runs one stage alone (its upstream must be in the store), e.g. to redo one stage.
     Resume = rerun: finished stages and shards are reused from the store, so a failed run (or a
     retried flow run) continues where it stopped."""
     logger = get_run_logger()
     config = load_config(config_path, overrides)
     store = open_store(config)
     plan = plan_pipeline(config)
+    if stage is not None:
+        check_upstream(store, plan, stage)
     before = {label: store.is_committed(ref) for label, ref in flat_refs(plan)}
     logger.info(
         "config %r, store %s: %d of %d stage outputs already done",
         config.name, config.store_root(), sum(before.values()), len(before),
     )
     started = time.perf_counter()
-    run_stages(config, plan)
+    run_stages(config, plan, until=stage)
     elapsed = time.perf_counter() - started
-    metrics = summarize(store.read_table(plan["evaluate"], EVALUATION))
-    table = format_metrics(metrics)
-    stages = {label: {"fingerprint": ref.fingerprint, "reused": before[label]} for label, ref in flat_refs(plan)}
+    ran = flat_refs(plan) if stage is None else [(k, r) for k, r in flat_refs(plan) if k.split(":")[0] in STAGES[: STAGES.index(stage) + 1]]
+    stages = {label: {"fingerprint": ref.fingerprint, "reused": before[label]} for label, ref in ran}
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    where = store.write_run(run_id, {"config": config.model_dump(), "stages": stages, "seconds": elapsed})
+    where = store.write_run(run_id, {"config": config.model_dump(), "stages": stages, "seconds": elapsed, "stage": stage})
     for label, info in stages.items():
         logger.info("  %-16s %s  %s", label, info["fingerprint"], "reused" if info["reused"] else "computed")
     logger.info("run record: %s", where)
+    if stage not in (None, "evaluate"):
+        return f"stage {stage} done: {plan[stage] if not isinstance(plan[stage], dict) else list(plan[stage].values())}"
+    table = format_metrics(summarize(store.read_table(plan["evaluate"], EVALUATION)))
     logger.info("evaluation (image vs original prompt, mean ± std):\n%s", table)
     return table

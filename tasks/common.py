@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
 from semdpo_core.config import PipelineConfig
@@ -64,6 +65,11 @@ def check_stage(store: ArtifactStore, ref: DatasetRef) -> bool:
     return False
 
 
+def artifact_key(name: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for a stage or run name."""
+    return "semdpo-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def stage_task(name: str) -> Callable[[Callable[..., DatasetRef]], Callable[..., DatasetRef]]:
     """An unsharded stage: one Prefect task that computes and commits the whole dataset."""
 
@@ -71,12 +77,13 @@ def stage_task(name: str) -> Callable[[Callable[..., DatasetRef]], Callable[...,
         @task(name=name, cache_key_fn=done_cache_key, persist_result=True)
         def run_task(config: PipelineConfig, ref: DatasetRef, done: bool, **inputs: Any) -> DatasetRef:
             logger = get_run_logger()
+            task_name = TaskRunContext.get().task.name
             if done:
-                logger.info("%s: reusing %s (already in the store)", name, ref)
+                logger.info("%s: reusing %s (already in the store)", task_name, ref)
             else:
-                logger.info("%s: computing %s", name, ref)
+                logger.info("%s: computing %s", task_name, ref)
                 fn(config, ref, **inputs)
-                publish_summary(ref, open_store(config).manifest(ref))
+                publish_summary(ref, open_store(config).manifest(ref), artifact_key(task_name))
             remember_done(config, ref)
             return ref
 
@@ -115,7 +122,7 @@ class ShardedStage:
         if not done:
             store = open_store(config)
             store.commit(ref, self.schema, num_shards, meta={"shards": num_shards})
-            publish_summary(ref, store.manifest(ref))
+            publish_summary(ref, store.manifest(ref), artifact_key(self.name))
         remember_done(config, ref)
         return ref
 
@@ -125,19 +132,42 @@ class ShardedStage:
         committed = check_stage(store, ref)
         done = [committed or store.shard_is_done(ref, i) for i in range(num_shards)]
         log.info("%s %s: %d shards, %d reused, %d to compute", self.name, ref, num_shards, sum(done), num_shards - sum(done))
+        progress = stage_progress(self.name, 100 * sum(done) / num_shards)
+        finished = sum(done)
         for shard in range(num_shards):
             self.shard_task(config, ref, shard=shard, done=done[shard], **inputs)
+            if not done[shard]:
+                finished += 1
+                update_stage_progress(progress, 100 * finished / num_shards)
         self.commit_task(config, ref, num_shards=num_shards, done=committed)
         log.info("%s %s: committed; shards reused %d, computed %d", self.name, ref, sum(done), num_shards - sum(done))
         return ref
 
 
-def publish_summary(ref: DatasetRef, manifest: dict[str, Any]) -> None:
-    """A table artifact per stage (stable key) with its rows, parts and fingerprint."""
+def stage_progress(name: str, percent: float) -> Any:
+    """A progress artifact for a sharded stage (shown in the Prefect UI); None outside a run."""
+    try:
+        return create_progress_artifact(progress=percent, key=artifact_key(f"{name}-progress"),
+                                        description=f"{name}: shards committed")
+    except Exception as e:  # a view only: never fail the stage for it
+        log.debug("no progress artifact for %s: %s", name, e)
+        return None
+
+
+def update_stage_progress(artifact_id: Any, percent: float) -> None:
+    if artifact_id is not None:
+        try:
+            update_progress_artifact(artifact_id=artifact_id, progress=percent)
+        except Exception as e:
+            log.debug("progress artifact not updated: %s", e)
+
+
+def publish_summary(ref: DatasetRef, manifest: dict[str, Any], key: str) -> None:
+    """A table artifact per stage or training run (stable key) with its rows, parts and fingerprint."""
     row = {"stage": ref.stage, "fingerprint": ref.fingerprint, "rows": manifest["rows"], "parts": len(manifest["parts"])}
     row.update({k: v for k, v in manifest.get("meta", {}).items() if isinstance(v, (int, float, str))})
     try:
-        create_table_artifact(key=f"semdpo-{ref.stage.replace('_', '-')}", table=[row], description=f"{ref.stage} output {ref}")
+        create_table_artifact(key=key, table=[row], description=f"{ref.stage} output {ref}")
     except Exception as e:  # an artifact is a view; its failure must not fail the stage
         log.warning("could not publish the %s artifact: %s", ref.stage, e)
 
