@@ -177,6 +177,16 @@ class EvaluateConfig(Section):
     }
 
 
+class RunnerConfig(Section):
+    """Where sharded stages run: here, one shard after another (local), or on Ray: one task per
+    shard, `gpus_per_shard` GPUs each, on a local Ray instance or the cluster at `address`."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="Ray cluster address (e.g. ray://head:10001, auto); None starts Ray here")
+    gpus_per_shard: float = Field(1.0, ge=0, description="GPUs per shard task when CUDA is present")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray instance started here (None: all)")
+
+
 class PipelineConfig(Section):
     """One pipeline run: where artifacts go, on what device, and each stage's settings."""
 
@@ -184,6 +194,7 @@ class PipelineConfig(Section):
     seed: int = 0
     store: str | None = Field(None, description="artifact store root; default $SEMDPO_STORE")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    runner: RunnerConfig = RunnerConfig()
     shard_size: int = Field(
         16, ge=1, description="prompts per shard (candidates, render, label) and pairs per shard (weigh)"
     )

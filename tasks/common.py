@@ -104,8 +104,11 @@ class ShardedStage:
     only the shards whose part is missing or damaged.
     """
 
+    registry: dict[str, ShardedStage] = {}
+
     def __init__(self, name: str, schema: pa.Schema, compute: Callable[..., pa.Table]):
         self.name, self.schema, self.compute = name, schema, compute
+        ShardedStage.registry[name] = self
         self.shard_task = task(
             name=name, cache_key_fn=done_cache_key, persist_result=True, task_run_name=f"{name}-{{shard}}"
         )(self._shard)
@@ -133,12 +136,18 @@ class ShardedStage:
         done = [committed or store.shard_is_done(ref, i) for i in range(num_shards)]
         log.info("%s %s: %d shards, %d reused, %d to compute", self.name, ref, num_shards, sum(done), num_shards - sum(done))
         progress = stage_progress(self.name, 100 * sum(done) / num_shards)
-        finished = sum(done)
-        for shard in range(num_shards):
-            self.shard_task(config, ref, shard=shard, done=done[shard], **inputs)
-            if not done[shard]:
-                finished += 1
-                update_stage_progress(progress, 100 * finished / num_shards)
+        if config.runner.kind == "ray":
+            from tasks.ray_runner import run_shards_on_ray
+
+            run_shards_on_ray(self.name, config, ref, done, inputs)
+            update_stage_progress(progress, 100.0)
+        else:
+            finished = sum(done)
+            for shard in range(num_shards):
+                self.shard_task(config, ref, shard=shard, done=done[shard], **inputs)
+                if not done[shard]:
+                    finished += 1
+                    update_stage_progress(progress, 100 * finished / num_shards)
         self.commit_task(config, ref, num_shards=num_shards, done=committed)
         log.info("%s %s: committed; shards reused %d, computed %d", self.name, ref, sum(done), num_shards - sum(done))
         return ref
