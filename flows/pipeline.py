@@ -98,7 +98,24 @@ def run_stages(config: PipelineConfig, plan: dict[str, Any], until: str | None =
     }
     if reached("train"):
         return
-    evaluate_task(config, plan["evaluate"], prompts=prompts, methods=plan["evaluated"], checkpoints={"sft": sft, **trained})
+    evaluate_task(
+        config, plan["evaluate"], len(plan["evaluated"]), prompts=prompts, methods=plan["evaluated"],
+        checkpoints={"sft": sft, **trained},
+    )
+    publish_metrics(open_store(config), plan)
+
+
+def publish_metrics(store: Any, plan: dict[str, Any]) -> None:
+    """The evaluation table as a markdown artifact (stable key `semdpo-metrics`)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    evaluation = store.read_table(plan["evaluate"], EVALUATION)
+    create_markdown_artifact(
+        key="semdpo-metrics",
+        markdown=f"# Sem-DPO evaluation\n\nEvery image is scored against the original prompt "
+        f"({evaluation.num_rows} images).\n\n```\n{format_metrics(summarize(evaluation))}\n```\n",
+        description="mean score per method and metric",
+    )
 
 
 @flow(name="semdpo-pipeline")

@@ -11,15 +11,12 @@ import math
 from typing import Any
 
 import pyarrow as pa
-import torch
 
 from semdpo_core.config import EvaluateConfig, RenderConfig
 from semdpo_core.label import score_images
-from semdpo_core.models import load_diffusion, load_rewriter
 from semdpo_core.render import render_images
 from semdpo_core.rewriter import generate
 from semdpo_core.schemas import EVALUATION, METRICS
-from semdpo_core.scorers import load_scorer
 from semdpo_core.seeds import derive_seed
 
 log = logging.getLogger("semdpo.evaluate")
@@ -101,34 +98,27 @@ def rewrite_prompts(model: Any, tokenizer: Any, prompts: list[str], *, batch_siz
     return out
 
 
-def evaluate_methods(
+def evaluate_method(
+    method: str,
     prompt_ids: list[str],
     prompts: list[str],
-    checkpoints: dict[str, str | None],
+    rewriter: tuple[Any, Any] | None,
+    pipe: Any,
+    scorers: dict[str, Any],
     settings: EvaluateConfig,
     render: RenderConfig,
-    device: torch.device,
     seed: int,
 ) -> pa.Table:
-    """EVALUATION rows of every method; `checkpoints` maps a method to its rewriter (None: human input)."""
-    seeds = eval_seeds(seed, prompt_ids)
-    rewrites: dict[str, list[str]] = {}
-    for method, checkpoint in checkpoints.items():
-        if checkpoint is None:
-            rewrites[method] = prompts
-            continue
-        model, tokenizer = load_rewriter(checkpoint, device)
+    """EVALUATION rows of one method: rewrite (None: human input, the prompt as it is), render
+    with the shared per-prompt seeds, score every image against the ORIGINAL prompt."""
+    rewrites = prompts
+    if rewriter is not None:
+        model, tokenizer = rewriter
         out = rewrite_prompts(model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
-        rewrites[method] = fill_empty(prompts, out, method)
-        del model
-    pipe = load_diffusion(render.model, device)
-    scorers = {name: load_scorer(s.kind, s.model, s.processor, device) for name, s in settings.scorers.items()}
-    parts = []
-    for method, method_rewrites in rewrites.items():
-        images = render_images(
-            pipe, method_rewrites, seeds, num_inference_steps=render.num_inference_steps,
-            guidance_scale=render.guidance_scale, height=render.height, width=render.width,
-            batch_size=render.batch_size, desc=f"render:{method}",
-        )
-        parts.append(evaluation_rows(method, prompt_ids, prompts, method_rewrites, seeds, images, scorers, settings.batch_size))
-    return pa.concat_tables(parts)
+        rewrites = fill_empty(prompts, out, method)
+    seeds = eval_seeds(seed, prompt_ids)
+    images = render_images(
+        pipe, rewrites, seeds, num_inference_steps=render.num_inference_steps, guidance_scale=render.guidance_scale,
+        height=render.height, width=render.width, batch_size=render.batch_size, desc=f"render:{method}",
+    )
+    return evaluation_rows(method, prompt_ids, prompts, rewrites, seeds, images, scorers, settings.batch_size)

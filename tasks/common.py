@@ -196,7 +196,7 @@ def checkpoint_dir(config: PipelineConfig, ref: DatasetRef) -> str:
     return str(open_store(config).materialize(ref, model_cache_dir() / "checkpoints"))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=6)  # a stage uses at most a rewriter, SD and its scorers
 def inference_model(kind: str, ref: str, device: str, extra: str | None = None) -> Any:
     """A model for inference, loaded once per worker process and shared by its shards."""
     import torch

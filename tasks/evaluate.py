@@ -1,35 +1,33 @@
-"""Evaluate stage: every method rewrites the test prompts; images share seeds; scores use the original prompt."""
+"""Evaluate stage, one shard per method: the method rewrites the test prompts, the images share
+per-prompt seeds across methods, and every image is scored against the ORIGINAL prompt."""
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.compute as pc
-from prefect.artifacts import create_markdown_artifact
 
 from semdpo_core.config import PipelineConfig
-from semdpo_core.evaluate import evaluate_methods, format_metrics, summarize
+from semdpo_core.evaluate import evaluate_method
 from semdpo_core.models import resolve_device
 from semdpo_core.schemas import EVALUATION, PROMPTS
 from semdpo_core.store import DatasetRef
-from tasks.common import checkpoint_dir, open_store, stage_task
+from tasks.common import ShardedStage, checkpoint_dir, inference_model, open_store
 
 
-@stage_task("evaluate")
-def evaluate(
-    config: PipelineConfig, ref: DatasetRef, prompts: DatasetRef, methods: list[str], checkpoints: dict[str, DatasetRef]
-) -> DatasetRef:
-    """`methods` in report order; `checkpoints` maps each rewriting method (sft, training runs) to its checkpoint."""
-    store = open_store(config)
-    table = store.read_table(prompts, PROMPTS)
+def evaluate_shard(
+    config: PipelineConfig, shard: int, prompts: DatasetRef, methods: list[str], checkpoints: dict[str, DatasetRef]
+) -> pa.Table:
+    """Shard i evaluates methods[i]; `checkpoints` maps each rewriting method to its checkpoint."""
+    table = open_store(config).read_table(prompts, PROMPTS)
     test = table.filter(pc.equal(table.column("split"), "test"))
-    rewriters = {m: None if m == "human" else checkpoint_dir(config, checkpoints[m]) for m in methods}
-    evaluation = evaluate_methods(
-        test.column("prompt_id").to_pylist(), test.column("prompt").to_pylist(), rewriters,
-        config.evaluate, config.render, resolve_device(config.device), config.seed,
+    method, device = methods[shard], str(resolve_device(config.device))
+    rewriter = None if method == "human" else inference_model("rewriter", checkpoint_dir(config, checkpoints[method]), device)
+    pipe = inference_model("diffusion", config.render.model, device)
+    scorers = {name: inference_model(f"scorer:{s.kind}", s.model, device, s.processor) for name, s in config.evaluate.scorers.items()}
+    return evaluate_method(
+        method, test.column("prompt_id").to_pylist(), test.column("prompt").to_pylist(), rewriter, pipe, scorers,
+        config.evaluate, config.render, config.seed,
     )
-    create_markdown_artifact(
-        key="semdpo-metrics",
-        markdown=f"# Sem-DPO evaluation\n\nTest prompts: {test.num_rows}; every image is scored against the "
-        f"original prompt.\n\n```\n{format_metrics(summarize(evaluation))}\n```\n",
-        description="mean score per method and metric",
-    )
-    return store.write_dataset(ref, EVALUATION, evaluation, meta={"test_prompts": test.num_rows})
+
+
+evaluate = ShardedStage("evaluate", EVALUATION, evaluate_shard)
