@@ -13,18 +13,10 @@ import pytest
 import yaml
 
 from tests.servers import free_port
+from tests.small import SMALL
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = {
-    "shard_size": 4,
-    "data": {"max_train_prompts": 8, "max_test_prompts": 4},
-    "sft": {"epochs": 1},
-    "candidates": {"num_candidates": 2, "max_new_tokens": 12},
-    "render": {"num_inference_steps": 2, "height": 32, "width": 32},
-    "train": {"epochs": 1, "methods": ["dpo", "sem_dpo"]},
-    "evaluate": {"max_new_tokens": 12},
-}
 
 
 def prefect(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -12,17 +12,10 @@ from semdpo_core.config import load_config
 from semdpo_core.plan import flat_refs, plan_pipeline
 from semdpo_core.schemas import EVALUATION, PAIRS
 from semdpo_core.store import ArtifactStore
+from tests.small import SMALL
 
 pytestmark = pytest.mark.slow
 
-SMALL = {
-    "data": {"max_train_prompts": 8, "max_test_prompts": 4},
-    "sft": {"epochs": 1},
-    "candidates": {"num_candidates": 3, "max_new_tokens": 12},
-    "render": {"num_inference_steps": 2, "height": 32, "width": 32},
-    "train": {"epochs": 1, "methods": ["dpo", "sem_dpo"]},
-    "evaluate": {"max_new_tokens": 12},
-}
 
 
 def small_config(tmp_path: Path, store: str, **extra) -> Path:

@@ -13,19 +13,11 @@ import yaml
 from semdpo_core.config import load_config
 from semdpo_core.plan import flat_refs, plan_pipeline
 from semdpo_core.store import ArtifactStore
+from tests.small import SMALL
 
 pytest.importorskip("prefect_ray")
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = {
-    "shard_size": 4,
-    "data": {"max_train_prompts": 8, "max_test_prompts": 4},
-    "sft": {"epochs": 1},
-    "candidates": {"num_candidates": 2, "max_new_tokens": 12},
-    "render": {"num_inference_steps": 2, "height": 32, "width": 32},
-    "train": {"epochs": 1, "methods": ["dpo", "sem_dpo"]},
-    "evaluate": {"max_new_tokens": 12},
-}
 
 
 def run(tmp_path: Path, runner: dict) -> tuple[Path, subprocess.CompletedProcess]:
