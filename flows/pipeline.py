@@ -1,6 +1,7 @@
-"""The Sem-DPO pipeline as one Prefect flow: prompts -> SFT -> candidates -> render -> label ->
-pairs -> weigh -> train (DPO, Sem-DPO) -> evaluate. Every stage is a cached task keyed by its
-fingerprint; a rerun reuses whatever the store already holds.
+"""The Sem-DPO pipeline as one Prefect flow: prompts -> SFT -> candidates -> render -> label
+(-> fidelity) -> pairs -> weigh -> reference -> train (every method) -> evaluate. Every stage is
+a cached task (sharded stages: one task per shard) keyed by its fingerprint; a rerun reuses
+whatever the store already holds.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from tasks.label import pairs as pairs_task
 from tasks.prompts import prompts as prompts_task
 from tasks.render import render as render_task
 from tasks.sft import sft as sft_task
-from tasks.train import train as train_task
 from tasks.reference import reference as reference_task
+from tasks.train import train as train_task
 from tasks.weigh import num_shards as pair_shards
 from tasks.weigh import weigh as weigh_task
 
@@ -139,7 +140,8 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
     started = time.perf_counter()
     run_stages(config, plan, until=stage)
     elapsed = time.perf_counter() - started
-    ran = flat_refs(plan) if stage is None else [(k, r) for k, r in flat_refs(plan) if k.split(":")[0] in STAGES[: STAGES.index(stage) + 1]]
+    through = STAGES if stage is None else STAGES[: STAGES.index(stage) + 1]
+    ran = [(label, ref) for label, ref in flat_refs(plan) if label.split(":")[0] in through]
     stages = {label: {"fingerprint": ref.fingerprint, "reused": before[label]} for label, ref in ran}
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     where = store.write_run(run_id, {"config": config.model_dump(), "stages": stages, "seconds": elapsed, "stage": stage})
