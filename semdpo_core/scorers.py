@@ -8,7 +8,7 @@ The image is always scored against the ORIGINAL user prompt, never the rewrite.
 from __future__ import annotations
 
 import io
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from PIL import Image
