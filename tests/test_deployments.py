@@ -52,8 +52,14 @@ def task_states(flow_run_name: str, env: dict) -> list[str]:
     code = (
         "from prefect.client.orchestration import get_client\n"
         "from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName\n"
+        "import time\n"
+        "deadline = time.monotonic() + 60\n"  # task states arrive through events: wait for them to settle
         "with get_client(sync_client=True) as c:\n"
-        f"    runs = c.read_task_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[{flow_run_name!r}])))\n"
+        "    while True:\n"
+        f"        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[{flow_run_name!r}])))\n"
+        "        if all(r.state.is_final() for r in runs) or time.monotonic() > deadline:\n"
+        "            break\n"
+        "        time.sleep(0.5)\n"
         "    print(' '.join(sorted(r.state.name for r in runs)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,13 +31,18 @@ def manifests(config_path: Path, overrides=()) -> dict[str, dict]:
     return {label: store.manifest(ref) for label, ref in flat_refs(plan_pipeline(config))}
 
 
-def task_states(flow_run_id) -> list[str]:
+def task_states(flow_run_id, settle_s: float = 60.0) -> list[str]:
+    """Final task-run states of a flow run; Prefect 3 records task states through events, so wait for them to settle."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + settle_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted(r.state.name for r in runs)
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                return sorted(r.state.name for r in runs)
+            time.sleep(0.5)
 
 
 def test_pipeline_runs_reruns_and_reproduces(tmp_path, prefect_server):
