@@ -66,17 +66,18 @@ class RenderConfig(Section):
 
 
 class ScorerConfig(Section):
-    """A scorer of images against prompts; `kind` picks the scoring rule."""
+    """A scorer of images against prompts; `kind` picks the scoring rule (see semdpo_core.scorers)."""
 
-    kind: Literal["clip", "pickscore", "image_reward", "hpsv2"]
-    model: str
-    processor: str | None = None
+    kind: Literal["clip", "pickscore", "image_reward", "hpsv2", "open_clip"]
+    model: str = Field(description="weights: a hub id (local HF cache), a folder, a file, or tiny:NAME")
+    processor: str | None = Field(None, description="processor/tokenizer when not beside the weights")
+    architecture: str | None = Field(None, description="open_clip model name (hpsv2: ViT-H-14)")
 
 
 class LabelConfig(Section):
     """The reward model that turns rendered candidates into chosen/rejected pairs."""
 
-    reward_model: ScorerConfig = ScorerConfig(kind="pickscore", model="tiny:pickscore")
+    reward_model: ScorerConfig = ScorerConfig(kind="image_reward", model="tiny:image_reward")
     batch_size: int = Field(32, ge=1)
 
 
@@ -173,7 +174,9 @@ class EvaluateConfig(Section):
     batch_size: int = Field(16, ge=1)
     scorers: dict[str, ScorerConfig] = {
         "clip_score": ScorerConfig(kind="clip", model="tiny:clip"),
+        "hps_v21": ScorerConfig(kind="hpsv2", model="tiny:hpsv2", architecture="semdpo-tiny-vit"),
         "pick_score": ScorerConfig(kind="pickscore", model="tiny:pickscore"),
+        "image_reward": ScorerConfig(kind="image_reward", model="tiny:image_reward"),
     }
 
 

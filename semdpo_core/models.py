@@ -63,6 +63,30 @@ def pretrained(loader: Any, ref: str, **kwargs: Any) -> Any:
         ) from None
 
 
+def model_file(ref: str, filename: str) -> Path:
+    """A checkpoint file of a model given as a file, a directory, `tiny:NAME` or a hub repo id
+    (the local Hugging Face cache only: nothing is downloaded)."""
+    target = Path(resolve(ref)).expanduser()
+    if target.is_file():
+        return target
+    if target.is_dir():
+        if (target / filename).is_file():
+            return target / filename
+        raise ModelNotFound(f"model {ref!r}: {target} has no {filename}; put the official {filename} there")
+    if ref.startswith(("/", ".", "~")):
+        raise ModelNotFound(f"model {ref!r}: {target} does not exist")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=ref, filename=filename, local_files_only=True))
+    except Exception as e:  # LocalEntryNotFoundError, HFValidationError, ...
+        raise ModelNotFound(
+            f"cannot find {filename} of model {ref!r} here ({type(e).__name__}). Give the config field the "
+            f"path of a local copy, or fetch it into the Hugging Face cache first (`hf download {ref} {filename}` "
+            "on a machine with network access)."
+        ) from None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """CUDA when present (or asked for), else CPU."""
     if name == "auto":

@@ -8,6 +8,7 @@ the code path around them is the real one. Bump TINY_VERSION when a builder chan
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-TINY_VERSION = 1
+TINY_VERSION = 2
 CLIP_MAX_LENGTH = 77
 
 
@@ -139,12 +140,73 @@ def build_clip(path: Path, seed: int) -> None:
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
 
 
+def _demo_words() -> list[str]:
+    """The lower-cased words of the demo text, for a tiny BERT WordPiece vocabulary."""
+    import re
+
+    from semdpo_core.prompts import read_records
+
+    texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts") for r in read_records(f"demo:{s}", ["prompt"])]
+    return sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower())})
+
+
+def build_image_reward(path: Path, seed: int) -> None:
+    """ImageReward's files at toy width: ImageReward.pt (official key names), med_config.json and
+    a BERT tokenizer folder, exactly the layout of the THUDM/ImageReward repo plus its tokenizer."""
+    from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig
+
+    from semdpo_core.scorers.image_reward import ImageRewardModel, blip_tokenizer
+
+    (path / "tokenizer").mkdir(parents=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _demo_words()
+    (path / "tokenizer" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(path / "tokenizer" / "vocab.txt")).save_pretrained(path / "tokenizer")
+    vocab_size = len(blip_tokenizer(str(path / "tokenizer")))  # + [DEC] and [ENC], as BLIP adds them
+    med_config = {
+        "architectures": ["BertModel"], "hidden_act": "gelu", "hidden_size": 64, "intermediate_size": 128,
+        "layer_norm_eps": 1e-12, "max_position_embeddings": 64, "model_type": "bert", "num_attention_heads": 2,
+        "num_hidden_layers": 2, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": vocab_size,
+        "encoder_width": 128, "add_cross_attention": True, "attention_probs_dropout_prob": 0.1,
+        "hidden_dropout_prob": 0.1, "initializer_range": 0.02,
+    }
+    (path / "med_config.json").write_text(json.dumps(med_config, indent=2))
+    torch.manual_seed(seed)
+    vision = BlipVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=64, patch_size=16, layer_norm_eps=1e-6)
+    text = BlipTextConfig(vocab_size=vocab_size, hidden_size=64, encoder_hidden_size=128, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64, is_decoder=True,
+                          bos_token_id=None, eos_token_id=None, sep_token_id=None)
+    torch.save(ImageRewardModel(vision, text).official_state_dict(), path / "ImageReward.pt")
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def build_hpsv2(path: Path, seed: int) -> None:
+    """HPSv2.1's file layout at toy width: an open_clip model config (`semdpo-tiny-vit.json`) and
+    `HPS_v2.1_compressed.pt`, a dict holding `state_dict` as the official file does."""
+    import open_clip
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "semdpo-tiny-vit.json").write_text(json.dumps(TINY_OPEN_CLIP, indent=2))
+    open_clip.add_model_config(path)
+    torch.manual_seed(seed)
+    model = open_clip.create_model("semdpo-tiny-vit")
+    torch.save({"state_dict": model.state_dict()}, path / "HPS_v2.1_compressed.pt")
+
+
 BUILDERS: dict[str, tuple[Callable[[Path, int], None], int]] = {
     # name: (builder, seed)
     "rewriter": (build_rewriter, 1),
     "stable-diffusion": (build_stable_diffusion, 2),
     "clip": (build_clip, 3),
     "pickscore": (build_clip, 4),
+    "image_reward": (build_image_reward, 5),
+    "hpsv2": (build_hpsv2, 6),
 }
 
 

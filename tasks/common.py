@@ -212,9 +212,16 @@ def inference_model(kind: str, ref: str, device: str, extra: str | None = None) 
         return load_diffusion(ref, dev)
     if kind == "encoder":
         return SemanticEncoder(ref, dev)
-    if kind.startswith("scorer:"):
-        return load_scorer(kind.removeprefix("scorer:"), ref, extra, dev)
+    if kind == "scorer":  # ref: the ScorerConfig as JSON (hashable, so the cache can key on it)
+        from semdpo_core.config import ScorerConfig
+
+        return load_scorer(ScorerConfig.model_validate_json(ref), dev)
     raise ValueError(f"unknown model kind {kind!r}")
+
+
+def scorer_model(config: Any, device: str) -> Any:
+    """The scorer a ScorerConfig names, loaded once per worker process."""
+    return inference_model("scorer", config.model_dump_json(), device)
 
 
 def release_models() -> None:

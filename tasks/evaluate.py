@@ -11,7 +11,7 @@ from semdpo_core.evaluate import evaluate_method
 from semdpo_core.models import resolve_device
 from semdpo_core.schemas import EVALUATION, PROMPTS
 from semdpo_core.store import DatasetRef
-from tasks.common import ShardedStage, checkpoint_dir, inference_model, open_store
+from tasks.common import ShardedStage, checkpoint_dir, inference_model, open_store, scorer_model
 
 
 def evaluate_shard(
@@ -23,7 +23,7 @@ def evaluate_shard(
     method, device = methods[shard], str(resolve_device(config.device))
     rewriter = None if method == "human" else inference_model("rewriter", checkpoint_dir(config, checkpoints[method]), device)
     pipe = inference_model("diffusion", config.render.model, device)
-    scorers = {name: inference_model(f"scorer:{s.kind}", s.model, device, s.processor) for name, s in config.evaluate.scorers.items()}
+    scorers = {name: scorer_model(s, device) for name, s in config.evaluate.scorers.items()}
     return evaluate_method(
         method, test.column("prompt_id").to_pylist(), test.column("prompt").to_pylist(), rewriter, pipe, scorers,
         config.evaluate, config.render, config.seed,

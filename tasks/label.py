@@ -11,7 +11,7 @@ from semdpo_core.models import resolve_device
 from semdpo_core.config import ScorerConfig
 from semdpo_core.schemas import CANDIDATES, FIDELITY, IMAGES, PAIRS, REWARDS
 from semdpo_core.store import DatasetRef
-from tasks.common import ShardedStage, inference_model, open_store, stage_task
+from tasks.common import ShardedStage, open_store, scorer_model, stage_task
 
 
 def score_shard(
@@ -23,8 +23,7 @@ def score_shard(
     cands = store.read_part(candidates, shard, CANDIDATES)
     imgs = store.read_part(images, shard, IMAGES)
     prompt_of = dict(zip(cands.column("candidate_id").to_pylist(), cands.column("prompt").to_pylist()))
-    sc = scorer_config
-    scorer = inference_model(f"scorer:{sc.kind}", sc.model, str(resolve_device(config.device)), sc.processor)
+    scorer = scorer_model(scorer_config, str(resolve_device(config.device)))
     ids = imgs.column("candidate_id").to_pylist()
     scores = score_images(
         scorer, imgs.column("image").to_pylist(), [prompt_of[i] for i in ids], batch_size, desc=f"{column} shard {shard}"

@@ -41,6 +41,6 @@ def test_ray_runner_writes_the_same_parts_as_the_local_runner(tmp_path):
     on_ray, result = run(tmp_path, {"kind": "ray", "num_cpus": 2})
     log = result.stdout + result.stderr
     for stage in ("candidates", "render", "label", "weigh", "reference", "evaluate"):
-        assert f"Beginning subflow run" in log and f"{stage}-shards-on-ray" in log, stage
+        assert "Beginning subflow run" in log and f"{stage}-shards-on-ray" in log, stage
     assert digests(on_ray) == digests(local)
     assert len(digests(local)["render"]) == 2  # 8 prompts, 4 per shard

@@ -1,0 +1,57 @@
+"""Scorers of images against prompts, behind one small interface: (images, prompts) -> scores.
+
+The image is always scored against the ORIGINAL user prompt, never the rewrite. Each kind loads
+the official weights from a local path or the local Hugging Face cache, and each has a tiny
+random-weight build (`tiny:NAME`) for the offline default:
+
+| kind         | model                                   | score                                  |
+|--------------|-----------------------------------------|----------------------------------------|
+| clip         | transformers CLIPModel                  | cosine of normalised embeddings        |
+| pickscore    | PickScore_v1 + CLIP-H processor         | logit_scale * cosine                   |
+| image_reward | ImageReward.pt + med_config.json        | normalised MLP reward on BLIP features |
+| hpsv2        | HPS_v2.1_compressed.pt on ViT-H-14      | cosine of normalised open_clip features|
+| open_clip    | any open_clip architecture and weights  | cosine of normalised features          |
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+from semdpo_core.config import ScorerConfig
+
+
+class Scorer(Protocol):
+    def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]: ...
+
+
+def load_scorer(config: ScorerConfig, device: torch.device) -> Scorer:
+    """The scorer a config names, on `device`."""
+    if config.kind in ("clip", "pickscore"):
+        from semdpo_core.scorers.clip import ClipScorer
+
+        return ClipScorer(config.model, config.processor, device, scale_by_logit=config.kind == "pickscore")
+    if config.kind == "image_reward":
+        from semdpo_core.scorers.image_reward import ImageRewardScorer
+
+        return ImageRewardScorer(config.model, config.processor, device)
+    from semdpo_core.scorers.hps import OpenClipScorer
+
+    if config.kind == "hpsv2":
+        return OpenClipScorer.hpsv2(config.model, config.architecture, device)
+    if config.architecture is None:
+        raise ValueError("an open_clip scorer needs `architecture` (an open_clip model name such as ViT-L-14)")
+    return OpenClipScorer(config.architecture, config.model, device)
+
+
+def decode_png(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
