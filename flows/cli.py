@@ -27,7 +27,7 @@ def run(
     try:  # fail here, before Prefect starts, on a bad config or bad input files
         cfg = load_config(config, set_)
         d = cfg.data
-        check_sources(d.train_prompts, d.test_prompts, d.sft_pairs, d.prompt_column)
+        check_sources(d.train_prompts, d.test_sets(), d.sft_pairs, d.prompt_column)
         if stage is not None and stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     except (ConfigError, PromptFileError) as e:

@@ -6,6 +6,8 @@ whatever the store already holds.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from datetime import datetime, timezone
@@ -16,7 +18,7 @@ from prefect import flow, get_run_logger
 from semdpo_core.config import PipelineConfig, load_config
 from semdpo_core.evaluate import format_metrics, summarize
 from semdpo_core.plan import STAGES, USES_DISTANCE, USES_FIDELITY, USES_REFERENCE, flat_refs, plan_pipeline
-from semdpo_core.schemas import EVALUATION
+from semdpo_core.schemas import EVALUATION, REPORT_SCORES
 from tasks.candidates import candidates as candidates_task
 from tasks.candidates import num_shards as candidates_shards
 from tasks.common import open_store
@@ -28,6 +30,7 @@ from tasks.prompts import prompts as prompts_task
 from tasks.render import render as render_task
 from tasks.sft import sft as sft_task
 from tasks.reference import reference as reference_task
+from tasks.report import report as report_task
 from tasks.train import train as train_task
 from tasks.weigh import num_shards as pair_shards
 from tasks.weigh import weigh as weigh_task
@@ -99,11 +102,15 @@ def run_stages(config: PipelineConfig, plan: dict[str, Any], until: str | None =
     }
     if reached("train"):
         return
-    evaluate_task(
+    evaluation = evaluate_task(
         config, plan["evaluate"], len(plan["evaluated"]), prompts=prompts, methods=plan["evaluated"],
         checkpoints={"sft": sft, **trained},
     )
     publish_metrics(open_store(config), plan)
+    if reached("evaluate"):
+        return
+    report_task(config, plan["report"], evaluation=evaluation)
+    publish_report(open_store(config), plan["report"])
 
 
 def publish_metrics(store: Any, plan: dict[str, Any]) -> None:
@@ -117,6 +124,28 @@ def publish_metrics(store: Any, plan: dict[str, Any]) -> None:
         f"({evaluation.num_rows} images).\n\n```\n{format_metrics(summarize(evaluation))}\n```\n",
         description="mean score per method and metric",
     )
+
+
+def publish_report(store: Any, ref: Any) -> None:
+    """The report as Prefect artifacts with stable keys: `semdpo-report` (markdown), tables
+    `semdpo-report-scores`, `-tokens`, `-head-to-head`, `-drift`, and a link per plot PNG."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    tables = json.loads(store.read_file(ref, "report.json"))
+    create_markdown_artifact(key="semdpo-report", markdown=store.read_file(ref, "report.md").decode(),
+                             description="the paper's tables for this run")
+    scores = store.read_table(ref, REPORT_SCORES).to_pylist()
+    create_table_artifact(key="semdpo-report-scores", table=scores, description="mean score per dataset x method x metric")
+    create_table_artifact(key="semdpo-report-tokens", table=[{k: v for k, v in t.items() if k != "median_by_dataset"}
+                                                             for t in tables["tokens"]], description="rewrite token length")
+    if tables["head_to_head"]:
+        create_table_artifact(key="semdpo-report-head-to-head", table=tables["head_to_head"], description="win/tie/loss")
+    if tables["drift"]["methods"]:
+        create_table_artifact(key="semdpo-report-drift", table=tables["drift"]["methods"],
+                              description=f"Proposition 2, eps = {tables['drift']['epsilon']:.4f}")
+    for name in store.manifest(ref)["meta"].get("plots", []):
+        key = "semdpo-plot-" + re.sub(r"[^a-z0-9]+", "-", name.removesuffix(".png").lower()).strip("-")
+        create_link_artifact(key=key, link=store.file_url(ref, f"plots/{name}"), link_text=name)
 
 
 @flow(name="semdpo-pipeline")
@@ -148,7 +177,7 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
     for label, info in stages.items():
         logger.info("  %-16s %s  %s", label, info["fingerprint"], "reused" if info["reused"] else "computed")
     logger.info("run record: %s", where)
-    if stage not in (None, "evaluate"):
+    if stage not in (None, "evaluate", "report"):
         return f"stage {stage} done: {plan[stage] if not isinstance(plan[stage], dict) else list(plan[stage].values())}"
     table = format_metrics(summarize(store.read_table(plan["evaluate"], EVALUATION)))
     logger.info("evaluation (image vs original prompt, mean ± std):\n%s", table)

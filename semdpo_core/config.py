@@ -26,12 +26,21 @@ class DataConfig(Section):
     """Where prompts come from. `demo:NAME` is the built-in demo set; anything else is a file."""
 
     train_prompts: str = "demo:train_prompts"
-    test_prompts: str = "demo:test_prompts"
+    test_prompts: str | dict[str, str] = Field(
+        "demo:test_prompts", description="one source, or {dataset name: source} to evaluate several datasets"
+    )
     sft_pairs: str = "demo:sft_pairs"
     prompt_column: str = "prompt"
     max_train_prompts: int | None = Field(48, ge=1)
-    max_test_prompts: int | None = Field(16, ge=1)
+    max_test_prompts: int | None = Field(16, ge=1, description="per evaluation dataset")
     max_prompt_tokens: int = Field(48, ge=1, description="longer prompts are reported and skipped")
+
+    def test_sets(self) -> dict[str, str]:
+        """{dataset name: source}; a single source is named after its file (or `demo`)."""
+        if isinstance(self.test_prompts, dict):
+            return dict(self.test_prompts)
+        source = self.test_prompts
+        return {"demo" if source.startswith("demo:") else Path(source).stem: source}
 
 
 class SFTConfig(Section):
@@ -178,6 +187,35 @@ class EvaluateConfig(Section):
         "pick_score": ScorerConfig(kind="pickscore", model="tiny:pickscore"),
         "image_reward": ScorerConfig(kind="image_reward", model="tiny:image_reward"),
     }
+    drift_encoder: str | None = Field(
+        "clip_score", description="the scorer (kind clip, hpsv2 or open_clip) whose text-image space measures drift"
+    )
+
+    @model_validator(mode="after")
+    def _drift_encoder_embeds(self) -> EvaluateConfig:
+        scorer = self.scorers.get(self.drift_encoder) if self.drift_encoder else None
+        if self.drift_encoder and (scorer is None or scorer.kind not in ("clip", "hpsv2", "open_clip")):
+            raise ValueError(
+                f"evaluate.drift_encoder {self.drift_encoder!r} must name one of evaluate.scorers of kind "
+                f"clip, hpsv2 or open_clip (have {sorted(self.scorers)}); null turns drift off"
+            )
+        return self
+
+
+class ReportConfig(Section):
+    """The evaluation report: the paper's tables and figures from the evaluate stage's rows."""
+
+    focus: str | None = Field(None, description="the method compared head to head; default sem_dpo (first alpha of a sweep)")
+    semantic_metric: str = Field("clip_score", description="x axis of the scatter plots (paper Fig. 3, 5)")
+    preference_metrics: list[str] = Field(["hps_v21", "pick_score"], description="y axes of the scatter plots")
+    average_over: list[str] | None = Field(
+        None, description="metrics in the min-max normalised average (paper Tables 5-7); default every scorer"
+    )
+    tie_tolerance: float = Field(1e-6, ge=0, description="|score difference| at or below this is a tie")
+    drift_epsilon: float | None = Field(
+        None, ge=0, description="T2I consistency error bound of Prop. 2; default the 95th percentile for human prompts"
+    )
+    sample_prompts: int = Field(4, ge=0, description="prompts shown side by side in the sample-image grid")
 
 
 class RunnerConfig(Section):
@@ -210,6 +248,7 @@ class PipelineConfig(Section):
     weigh: WeighConfig = WeighConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")
     def _evaluated_methods_are_trained(self) -> PipelineConfig:

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from semdpo_core.config import EvaluateConfig, RenderConfig
 from semdpo_core.label import score_images
+from semdpo_core.scorers import decode_png
 from semdpo_core.render import render_images
 from semdpo_core.rewriter import generate
 from semdpo_core.schemas import EVALUATION, METRICS
@@ -35,27 +36,54 @@ def fill_empty(prompts: list[str], rewrites: list[str], method: str) -> list[str
     return [r or p for p, r in zip(prompts, rewrites, strict=True)]
 
 
+def token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Length of each text in the rewriter's tokens (paper Tables 1-2)."""
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def drift(encoder: Any, prompts: list[str], rewrites: list[str], images: list[bytes], batch_size: int) -> dict[str, list[float]]:
+    """Proposition 2's three distances per image, in the encoder's shared text-image space:
+    prompt_drift ||e(x) - e(y)||, image_drift ||e(x) - E(I(y))||, t2i_error ||e(y) - E(I(y))||."""
+    out: dict[str, list[float]] = {"prompt_drift": [], "image_drift": [], "t2i_error": []}
+    for start in range(0, len(prompts), batch_size):
+        end = start + batch_size
+        e_x, e_y = encoder.embed(texts=prompts[start:end]), encoder.embed(texts=rewrites[start:end])
+        e_image = encoder.embed(images=[decode_png(b) for b in images[start:end]])
+        out["prompt_drift"] += (e_x - e_y).norm(dim=-1).tolist()
+        out["image_drift"] += (e_x - e_image).norm(dim=-1).tolist()
+        out["t2i_error"] += (e_y - e_image).norm(dim=-1).tolist()
+    return out
+
+
 def evaluation_rows(
     method: str,
-    prompt_ids: list[str],
-    prompts: list[str],
+    test: dict[str, list],
     rewrites: list[str],
+    rewrite_tokens: list[int],
     seeds: list[int],
     images: list[bytes],
     scorers: dict[str, Any],
+    drift_encoder: str | None,
     batch_size: int,
 ) -> pa.Table:
-    """An EVALUATION table for one method: each image scored by every scorer against the original prompt."""
+    """An EVALUATION table for one method: each image scored by every scorer against the original
+    prompt, and its drift measured; `test` holds the test prompts' dataset, prompt_id and prompt."""
+    prompts = test["prompt"]
     scores = {name: score_images(s, images, prompts, batch_size, desc=f"{method}:{name}") for name, s in scorers.items()}
+    none = [None] * len(prompts)
+    drifts = drift(scorers[drift_encoder], prompts, rewrites, images, batch_size) if drift_encoder else {}
     return pa.Table.from_pydict(
         {
             "method": [method] * len(prompts),
-            "prompt_id": prompt_ids,
+            "dataset": test["dataset"],
+            "prompt_id": test["prompt_id"],
             "prompt": prompts,
             "rewrite": rewrites,
+            "rewrite_tokens": rewrite_tokens,
             "seed": seeds,
             "image": images,
             "scores": [[(name, scores[name][i]) for name in scorers] for i in range(len(prompts))],
+            **{key: drifts.get(key, none) for key in ("prompt_drift", "image_drift", "t2i_error")},
         },
         schema=EVALUATION,
     )
@@ -100,25 +128,29 @@ def rewrite_prompts(model: Any, tokenizer: Any, prompts: list[str], *, batch_siz
 
 def evaluate_method(
     method: str,
-    prompt_ids: list[str],
-    prompts: list[str],
-    rewriter: tuple[Any, Any] | None,
+    test: dict[str, list],
+    rewriter: tuple[Any, Any],
     pipe: Any,
     scorers: dict[str, Any],
     settings: EvaluateConfig,
     render: RenderConfig,
     seed: int,
 ) -> pa.Table:
-    """EVALUATION rows of one method: rewrite (None: human input, the prompt as it is), render
-    with the shared per-prompt seeds, score every image against the ORIGINAL prompt."""
+    """EVALUATION rows of one method: rewrite (human input keeps the prompt as it is; its
+    `rewriter` only counts tokens), render with the shared per-prompt seeds, score every image
+    against the ORIGINAL prompt."""
+    prompts = test["prompt"]
+    model, tokenizer = rewriter
     rewrites = prompts
-    if rewriter is not None:
-        model, tokenizer = rewriter
+    if method != "human":
         out = rewrite_prompts(model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
         rewrites = fill_empty(prompts, out, method)
-    seeds = eval_seeds(seed, prompt_ids)
+    seeds = eval_seeds(seed, test["prompt_id"])
     images = render_images(
         pipe, rewrites, seeds, num_inference_steps=render.num_inference_steps, guidance_scale=render.guidance_scale,
         height=render.height, width=render.width, batch_size=render.batch_size, desc=f"render:{method}",
     )
-    return evaluation_rows(method, prompt_ids, prompts, rewrites, seeds, images, scorers, settings.batch_size)
+    return evaluation_rows(
+        method, test, rewrites, token_counts(tokenizer, rewrites), seeds, images, scorers, settings.drift_encoder,
+        settings.batch_size,
+    )

@@ -15,7 +15,10 @@ from semdpo_core.config import PipelineConfig, TrainConfig
 from semdpo_core.prompts import source_digest
 from semdpo_core.store import DatasetRef, fingerprint
 
-STAGES = ("prompts", "sft", "candidates", "render", "label", "fidelity", "pairs", "weigh", "reference", "train", "evaluate")
+STAGES = (
+    "prompts", "sft", "candidates", "render", "label", "fidelity", "pairs", "weigh", "reference", "train", "evaluate",
+    "report",
+)
 USES_REFERENCE = {"dpo", "sem_dpo", "ipo", "kto", "beta_dpo", "hard_filter", "additive"}  # all but ORPO
 USES_DISTANCE = {"sem_dpo", "hard_filter"}
 USES_FIDELITY = {"additive"}
@@ -68,7 +71,10 @@ def evaluated_labels(config: PipelineConfig, runs: list[TrainRun]) -> list[str]:
 def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """{stage: DatasetRef}, with `train` a {run label: DatasetRef} (one checkpoint per run)."""
     data = config.data.model_dump()
-    data["digests"] = {k: source_digest(data[k]) for k in ("train_prompts", "test_prompts")}
+    data["digests"] = {
+        "train_prompts": source_digest(config.data.train_prompts),
+        "test_prompts": {name: source_digest(source) for name, source in config.data.test_sets().items()},
+    }
     prompts = fingerprint("prompts", {"data": data, "tokenizer": config.sft.base_model, "seed": config.seed})
     sft = fingerprint(
         "sft",
@@ -101,10 +107,13 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
          "seed": config.seed},
         [prompts, sft, *[train[label] for label in evaluated if label in train]],
     )
+    report = fingerprint(
+        "report", {"report": config.report.model_dump(), "scorers": config.evaluate.model_dump()["scorers"]}, [evaluate]
+    )
     return {
         "prompts": prompts, "sft": sft, "candidates": candidates, "render": render, "label": label,
         "fidelity": fidelity if any(run.method in USES_FIDELITY for run in runs) else None, "pairs": pairs, "weigh": weigh, "reference": reference if needs_reference else None, "train": train,
-        "evaluate": evaluate,
+        "evaluate": evaluate, "report": report,
         "runs": runs, "evaluated": evaluated,
     }
 

@@ -194,38 +194,45 @@ def load_split(source: str, column: str, limit: int | None, too_long: Callable[[
 
 def prompt_table(
     train_source: str,
-    test_source: str,
+    test_sources: dict[str, str],
     column: str,
     max_train: int | None,
     max_test: int | None,
     too_long: Callable[[str], int | None],
 ) -> pa.Table:
-    """The PROMPTS table: train and test prompts; a test prompt also in the train set is removed from train."""
+    """The PROMPTS table: train prompts, then each evaluation dataset's test prompts (at most
+    `max_test` each); a prompt in any test set is removed from training."""
     from semdpo_core.schemas import PROMPTS
 
-    test = load_split(test_source, column, max_test, too_long)
-    test_texts = {r.fields[column] for r in test}
+    tests = {name: load_split(source, column, max_test, too_long) for name, source in test_sources.items()}
+    test_texts = {r.fields[column] for records in tests.values() for r in records}
     train_all = load_split(train_source, column, None, too_long)
     train = [r for r in train_all if r.fields[column] not in test_texts]
     if len(train) < len(train_all):
-        log.warning("%d training prompt(s) also in the test set were removed from training", len(train_all) - len(train))
+        log.warning("%d training prompt(s) also in a test set were removed from training", len(train_all) - len(train))
     train = train[:max_train] if max_train else train
-    if not train or not test:
-        raise PromptFileError(f"no usable prompts: {len(train)} for training ({train_source}), {len(test)} for test ({test_source})")
-    rows = [(r, "train") for r in train] + [(r, "test") for r in test]
+    empty = [f"{name} ({test_sources[name]})" for name, records in tests.items() if not records]
+    if not train or empty:
+        raise PromptFileError(
+            f"no usable prompts: {len(train)} for training ({train_source})"
+            + (f"; none in test set(s) {', '.join(empty)}" if empty else "")
+        )
+    rows = [(r, "train", "train") for r in train] + [(r, "test", name) for name, rs in tests.items() for r in rs]
     return pa.Table.from_pydict(
         {
-            "prompt_id": [prompt_id(r.fields[column]) for r, _ in rows],
-            "prompt": [r.fields[column] for r, _ in rows],
-            "split": [split for _, split in rows],
-            "source": [r.source for r, _ in rows],
+            "prompt_id": [prompt_id(r.fields[column]) for r, _, _ in rows],
+            "prompt": [r.fields[column] for r, _, _ in rows],
+            "split": [split for _, split, _ in rows],
+            "dataset": [dataset for _, _, dataset in rows],
+            "source": [r.source for r, _, _ in rows],
         },
         schema=PROMPTS,
     )
 
 
-def check_sources(train_prompts: str, test_prompts: str, sft_pairs: str, column: str) -> None:
+def check_sources(train_prompts: str, test_prompts: dict[str, str], sft_pairs: str, column: str) -> None:
     """Read every input file once, so that bad data stops a run before any stage starts."""
     read_records(train_prompts, [column])
-    read_records(test_prompts, [column])
+    for source in test_prompts.values():
+        read_records(source, [column])
     read_records(sft_pairs, ["original", "rewrite"])

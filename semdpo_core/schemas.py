@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PROMPTS = pa.schema(
     [
         ("prompt_id", pa.string()),
         ("prompt", pa.string()),
         ("split", pa.string()),  # "train" or "test"
+        ("dataset", pa.string()),  # evaluation dataset name of a test prompt ("train" for training prompts)
         ("source", pa.string()),  # file (or demo set) and line the prompt came from
     ]
 )
@@ -102,12 +103,30 @@ SFT_LOG = pa.schema([("step", pa.int64()), ("loss", pa.float64())])
 EVALUATION = pa.schema(
     [
         ("method", pa.string()),
+        ("dataset", pa.string()),
         ("prompt_id", pa.string()),
         ("prompt", pa.string()),
         ("rewrite", pa.string()),
+        ("rewrite_tokens", pa.int64()),  # rewriter-tokenizer length of the rewrite (the prompt for human input)
         ("seed", pa.int64()),
         ("image", pa.binary()),
         ("scores", pa.map_(pa.string(), pa.float64())),  # scorer name -> image vs ORIGINAL prompt
+        # Proposition 2, Euclidean distances of normalised embeddings in the drift encoder's space (null: off)
+        ("prompt_drift", pa.float64()),  # ||e(x) - e(y)||: prompt-level drift
+        ("image_drift", pa.float64()),  # ||e(x) - E(I(y))||: end-to-end text-to-image drift
+        ("t2i_error", pa.float64()),  # ||e(y) - E(I(y))||: the generator's consistency error
+    ]
+)
+
+REPORT_SCORES = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("method", pa.string()),
+        ("metric", pa.string()),  # a scorer name, or "avg_score" (mean of the normalised means)
+        ("n", pa.int64()),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("normalized", pa.float64()),  # min-max over the methods of the dataset (null for avg_score)
     ]
 )
 

@@ -153,6 +153,11 @@ class ArtifactStore:
             raise CorruptArtifact(f"{self.backend.describe(key)}: checksum does not match the manifest")
         return data
 
+    def file_url(self, ref: DatasetRef, name: str) -> str:
+        """Where a dataset file lives, as a link: s3://bucket/key, or a file:// URL here."""
+        where = self.backend.describe(f"{ref.prefix}/files/{name}")
+        return where if "://" in where else Path(where).resolve().as_uri()
+
     def materialize(self, ref: DatasetRef, cache_dir: Path) -> Path:
         """A local directory holding the dataset's files (checkpoints for `from_pretrained`)."""
         manifest = self.manifest(ref)

@@ -19,15 +19,13 @@ def evaluate_shard(
 ) -> pa.Table:
     """Shard i evaluates methods[i]; `checkpoints` maps each rewriting method to its checkpoint."""
     table = open_store(config).read_table(prompts, PROMPTS)
-    test = table.filter(pc.equal(table.column("split"), "test"))
+    test = table.filter(pc.equal(table.column("split"), "test")).select(["dataset", "prompt_id", "prompt"]).to_pydict()
     method, device = methods[shard], str(resolve_device(config.device))
-    rewriter = None if method == "human" else inference_model("rewriter", checkpoint_dir(config, checkpoints[method]), device)
+    # human input keeps its prompts; the SFT rewriter's tokenizer counts their tokens like every other method's
+    rewriter = inference_model("rewriter", checkpoint_dir(config, checkpoints["sft" if method == "human" else method]), device)
     pipe = inference_model("diffusion", config.render.model, device)
     scorers = {name: scorer_model(s, device) for name, s in config.evaluate.scorers.items()}
-    return evaluate_method(
-        method, test.column("prompt_id").to_pylist(), test.column("prompt").to_pylist(), rewriter, pipe, scorers,
-        config.evaluate, config.render, config.seed,
-    )
+    return evaluate_method(method, test, rewriter, pipe, scorers, config.evaluate, config.render, config.seed)
 
 
 evaluate = ShardedStage("evaluate", EVALUATION, evaluate_shard)

@@ -23,7 +23,7 @@ def prompts(config: PipelineConfig, ref: DatasetRef) -> DatasetRef:
         return n if n > limit else None
 
     d = config.data
-    table = prompt_table(d.train_prompts, d.test_prompts, d.prompt_column, d.max_train_prompts, d.max_test_prompts, too_long)
-    splits = table.column("split").to_pylist()
-    meta = {"train_prompts": splits.count("train"), "test_prompts": splits.count("test")}
+    table = prompt_table(d.train_prompts, d.test_sets(), d.prompt_column, d.max_train_prompts, d.max_test_prompts, too_long)
+    datasets = table.column("dataset").to_pylist()
+    meta = {"train_prompts": datasets.count("train"), "test_prompts": {name: datasets.count(name) for name in d.test_sets()}}
     return open_store(config).write_dataset(ref, PROMPTS, table, meta=meta)

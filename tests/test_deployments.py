@@ -57,10 +57,10 @@ def task_states(flow_run_name: str, env: dict) -> list[str]:
         "with get_client(sync_client=True) as c:\n"
         "    while True:\n"
         f"        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[{flow_run_name!r}])))\n"
-        "        if all(r.state.is_final() for r in runs) or time.monotonic() > deadline:\n"
+        "        if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:\n"
         "            break\n"
         "        time.sleep(0.5)\n"
-        "    print(' '.join(sorted(r.state.name for r in runs)))\n"
+        "    print(' '.join(sorted(r.state.name if r.state else 'None' for r in runs)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     return out.stdout.split()
@@ -96,7 +96,8 @@ def test_deploy_trigger_watch_and_rerun_cached(tmp_path, prefect_api):
         assert first.returncode == 0 and "Completed" in first.stdout, (first.stdout + first.stderr)[-3000:]
         artifacts = prefect("artifact", "ls", env=env).stdout
         for key in ("prompts", "sft", "candidates", "render", "label", "pairs", "weigh", "reference", "metrics",
-                    "train-dpo", "train-sem-dpo", "render-progress"):
+                    "train-dpo", "train-sem-dpo", "render-progress", "report", "report-scores", "report-tokens",
+                    "report-head-to-head", "report-drift", "plot-samples"):
             assert f"semdpo-{key}" in artifacts, key
         first_states = task_states(flow_run_name(first.stdout), env)
         assert first_states and "Cached" not in first_states

@@ -40,8 +40,8 @@ def task_states(flow_run_id, settle_s: float = 60.0) -> list[str]:
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            if all(r.state.is_final() for r in runs) or time.monotonic() > deadline:
-                return sorted(r.state.name for r in runs)
+            if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                return sorted(r.state.name if r.state else "None" for r in runs)
             time.sleep(0.5)
 
 
@@ -60,6 +60,11 @@ def test_pipeline_runs_reruns_and_reproduces(tmp_path, prefect_server):
     evaluation = store.read_table(plan["evaluate"], EVALUATION)
     assert evaluation.num_rows == 4 * 4
     assert sorted(set(evaluation.column("method").to_pylist())) == ["dpo", "human", "sem_dpo", "sft"]
+    assert set(evaluation.column("dataset").to_pylist()) == {"demo"}
+    assert all(r["rewrite_tokens"] > 0 and r["image_drift"] > 0 for r in evaluation.to_pylist())
+    report = store.read_file(plan["report"], "report.md").decode()
+    for heading in ("Scores per dataset", "token length", "Head to head: sem_dpo", "Proposition 2", "samples.png"):
+        assert heading in report
     pairs = store.read_table(plan["pairs"], PAIRS)
     assert pairs.num_rows > 0 and all(r["chosen_reward"] > r["rejected_reward"] for r in pairs.to_pylist())
 
@@ -83,7 +88,35 @@ def test_pipeline_runs_reruns_and_reproduces(tmp_path, prefect_server):
     pipeline(config_path=str(config), overrides=["train.alpha=1.5"])
     runs = sorted((Path(cfg.store_root()) / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime_ns)
     stages = json.loads(runs[-1].read_text())["stages"]
-    assert sorted(k for k, v in stages.items() if not v["reused"]) == ["evaluate", "train:sem_dpo"]
+    assert sorted(k for k, v in stages.items() if not v["reused"]) == ["evaluate", "report", "train:sem_dpo"]
+
+
+def test_several_datasets_and_an_alpha_sweep_in_one_report(tmp_path, prefect_server):
+    from flows.pipeline import pipeline
+    from semdpo_core.prompts import read_records
+
+    demo = [r.fields["prompt"] for r in read_records("demo:test_prompts", ["prompt"])]
+    (tmp_path / "coco.txt").write_text("\n".join(demo[:3]) + "\n")
+    (tmp_path / "lexica.csv").write_text("prompt\n" + "\n".join(f'"{p}"' for p in demo[10:12]) + "\n")
+    config = small_config(
+        tmp_path, "multi", data={**SMALL["data"], "test_prompts": {"coco": str(tmp_path / "coco.txt"),
+                                                                   "lexica": str(tmp_path / "lexica.csv")}},
+        train={**SMALL["train"], "methods": ["sem_dpo"], "alpha": [0.0, 4.0]},
+    )
+    pipeline(config_path=str(config))
+    cfg = load_config(config)
+    store, plan = ArtifactStore(cfg.store_root()), plan_pipeline(cfg)
+    rows = store.read_table(plan["evaluate"], EVALUATION).select(["method", "dataset"]).to_pylist()
+    methods = ["human", "sft", "sem_dpo@alpha=0", "sem_dpo@alpha=4"]
+    assert sorted((r["method"], r["dataset"]) for r in rows) == sorted(
+        (m, d) for m in methods for d, n in (("coco", 3), ("lexica", 2)) for _ in range(n)
+    )
+    files = {f["name"] for f in store.manifest(plan["report"])["files"]}
+    for dataset in ("coco", "lexica"):
+        for y in ("hps_v21", "pick_score"):
+            assert f"plots/scatter-{dataset}-clip_score-vs-{y}.png" in files
+            assert f"plots/alpha-sweep-{dataset}-clip_score-vs-{y}.png" in files
+    assert "Head to head: sem_dpo@alpha=0" in store.read_file(plan["report"], "report.md").decode()
 
 
 def test_bad_prompt_file_stops_the_run_before_any_stage(tmp_path):

@@ -103,6 +103,18 @@ def test_too_long_prompts_are_reported_with_their_line_not_cut(tmp_path, caplog)
 def test_prompt_table_keeps_test_prompts_out_of_training(tmp_path):
     (tmp_path / "train.txt").write_text("a\nb\nc\n")
     (tmp_path / "test.txt").write_text("b\nd\n")
-    table = prompt_table(str(tmp_path / "train.txt"), str(tmp_path / "test.txt"), "prompt", None, None, never_too_long)
-    rows = [(r["prompt"], r["split"]) for r in table.to_pylist()]
-    assert rows == [("a", "train"), ("c", "train"), ("b", "test"), ("d", "test")]
+    (tmp_path / "coco.txt").write_text("c\ne\nf\n")
+    tests = {"lexica": str(tmp_path / "test.txt"), "coco": str(tmp_path / "coco.txt")}
+    table = prompt_table(str(tmp_path / "train.txt"), tests, "prompt", None, 2, never_too_long)
+    rows = [(r["prompt"], r["split"], r["dataset"]) for r in table.to_pylist()]
+    assert rows == [("a", "train", "train"), ("b", "test", "lexica"), ("d", "test", "lexica"),
+                    ("c", "test", "coco"), ("e", "test", "coco")]  # at most 2 per dataset; b and c left training
+
+
+def test_an_empty_test_set_is_named(tmp_path):
+    (tmp_path / "train.txt").write_text("a\nb\n")
+    (tmp_path / "coco.txt").write_text("c\n")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    tests = {"coco": str(tmp_path / "coco.txt"), "lexica": str(tmp_path / "empty.txt")}
+    with pytest.raises(PromptFileError, match=r"none in test set\(s\) lexica \(.*empty.txt\)"):
+        prompt_table(str(tmp_path / "train.txt"), tests, "prompt", None, None, never_too_long)

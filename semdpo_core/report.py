@@ -1,0 +1,323 @@
+"""The evaluation report: the paper's tables and figures, computed from the evaluate stage's rows.
+
+- scores per dataset x method x metric, and the min-max normalised average (Tables 5-7);
+- rewritten-prompt token lengths: N, mean, std, median, max, and medians per dataset (Tables 1-2);
+- head to head: how often the focus method (Sem-DPO) wins, ties or loses per prompt (Figure 4);
+- CLIP vs preference scatter per dataset (Figure 3), the alpha sweep (Figure 5);
+- Proposition 2's drift: prompt-level, image-level and T2I error, and how often the bound held;
+- a grid of sample images: the original prompt's image next to each method's.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import statistics
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+
+from semdpo_core.schemas import REPORT_SCORES
+
+AVG = "avg_score"
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def ordered(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def score_lists(evaluation: pa.Table) -> dict[tuple[str, str, str], list[float]]:
+    """{(dataset, method, metric): scores}, in the table's order."""
+    out: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for row in evaluation.select(["dataset", "method", "scores"]).to_pylist():
+        for metric, value in row["scores"]:
+            out[(row["dataset"], row["method"], metric)].append(value)
+    return out
+
+
+def score_table(evaluation: pa.Table, average_over: list[str] | None = None) -> pa.Table:
+    """REPORT_SCORES: mean/std per dataset x method x metric, each mean min-max normalised over the
+    dataset's methods (all equal: 1), and `avg_score` = the mean of the normalised means of
+    `average_over` (default every metric), as in the paper's Tables 5-7."""
+    lists = score_lists(evaluation)
+    datasets = ordered([k[0] for k in lists])
+    methods = ordered([k[1] for k in lists])
+    metrics = ordered([k[2] for k in lists])
+    averaged = [m for m in (average_over or metrics) if m in metrics]
+    rows: list[dict[str, Any]] = []
+    for dataset in datasets:
+        means = {(method, metric): statistics.fmean(lists[(dataset, method, metric)])
+                 for method in methods for metric in metrics if (dataset, method, metric) in lists}
+        normalized = {}
+        for metric in metrics:
+            values = [v for (_, m), v in means.items() if m == metric]
+            low, high = min(values), max(values)
+            for method in methods:
+                if (method, metric) in means:
+                    normalized[(method, metric)] = 1.0 if high == low else (means[(method, metric)] - low) / (high - low)
+        for method in methods:
+            for metric in metrics:
+                if (method, metric) in means:
+                    xs = lists[(dataset, method, metric)]
+                    mean, std = mean_std(xs)
+                    rows.append(dict(dataset=dataset, method=method, metric=metric, n=len(xs), mean=mean, std=std,
+                                     normalized=normalized[(method, metric)]))
+            parts = [normalized[(method, m)] for m in averaged if (method, m) in normalized]
+            if parts:
+                n = len(lists[(dataset, method, averaged[0])])
+                rows.append(dict(dataset=dataset, method=method, metric=AVG, n=n, mean=statistics.fmean(parts),
+                                 std=0.0, normalized=None))
+    return pa.Table.from_pylist(rows, schema=REPORT_SCORES)
+
+
+def token_stats(evaluation: pa.Table) -> list[dict[str, Any]]:
+    """Per method: N, mean, std, median and max of the rewrite's token length, and the median per dataset."""
+    by_method: dict[str, list[int]] = defaultdict(list)
+    by_dataset: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for row in evaluation.select(["method", "dataset", "rewrite_tokens"]).to_pylist():
+        by_method[row["method"]].append(row["rewrite_tokens"])
+        by_dataset[row["method"]][row["dataset"]].append(row["rewrite_tokens"])
+    out = []
+    for method, lengths in by_method.items():
+        mean, std = mean_std([float(n) for n in lengths])
+        out.append(dict(method=method, n=len(lengths), mean=mean, std=std, median=float(statistics.median(lengths)),
+                        max=max(lengths), median_by_dataset={d: float(statistics.median(v)) for d, v in by_dataset[method].items()}))
+    return out
+
+
+def focus_method(methods: list[str], focus: str | None) -> str | None:
+    """The method compared head to head: `focus`, else sem_dpo, else the first Sem-DPO of a sweep."""
+    if focus is not None:
+        return focus if focus in methods else None
+    if "sem_dpo" in methods:
+        return "sem_dpo"
+    return next((m for m in methods if m.startswith("sem_dpo@")), None)
+
+
+def head_to_head(evaluation: pa.Table, focus: str, tie_tolerance: float) -> list[dict[str, Any]]:
+    """Per other method and metric: the prompts where `focus` scores higher (win), within
+    `tie_tolerance` (tie) or lower (loss), pooled over datasets (paper Figure 4)."""
+    score: dict[tuple[str, str, str], dict[str, float]] = {}
+    for row in evaluation.select(["method", "dataset", "prompt_id", "scores"]).to_pylist():
+        score[(row["method"], row["dataset"], row["prompt_id"])] = dict(row["scores"])
+    methods = ordered(evaluation.column("method").to_pylist())
+    prompts = ordered([(d, p) for m, d, p in score if m == focus])
+    out = []
+    for other in methods:
+        if other == focus:
+            continue
+        metrics = ordered([k for (m, d, p), s in score.items() if m == focus for k in s])
+        for metric in metrics:
+            counts = {"win": 0, "tie": 0, "loss": 0}
+            for dataset, pid in prompts:
+                theirs = score.get((other, dataset, pid), {}).get(metric)
+                if theirs is None:
+                    continue
+                diff = score[(focus, dataset, pid)][metric] - theirs
+                counts["tie" if abs(diff) <= tie_tolerance else "win" if diff > 0 else "loss"] += 1
+            n = sum(counts.values())
+            out.append(dict(method=focus, versus=other, metric=metric, n=n, **counts,
+                            **{f"{k}_rate": (v / n if n else math.nan) for k, v in counts.items()}))
+    return out
+
+
+def drift_stats(evaluation: pa.Table, epsilon: float | None) -> tuple[float | None, list[dict[str, Any]]]:
+    """Proposition 2 per method: mean prompt drift d(x,y), image drift d_T2I-Drift, T2I error
+    d_T2I(y), and the share of prompts where d_T2I-Drift <= d(x,y) + epsilon held. Epsilon
+    defaults to the 95th percentile of the T2I error of the human prompts' images."""
+    rows = [r for r in evaluation.select(["method", "prompt_drift", "image_drift", "t2i_error"]).to_pylist()
+            if r["prompt_drift"] is not None]
+    if not rows:
+        return None, []
+    if epsilon is None:
+        human = sorted(r["t2i_error"] for r in rows if r["method"] == "human") or sorted(r["t2i_error"] for r in rows)
+        epsilon = human[min(len(human) - 1, math.ceil(0.95 * len(human)) - 1)]
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_method[r["method"]].append(r)
+    out = []
+    for method, rs in by_method.items():
+        out.append(dict(
+            method=method, n=len(rs),
+            prompt_drift=statistics.fmean(r["prompt_drift"] for r in rs),
+            image_drift=statistics.fmean(r["image_drift"] for r in rs),
+            t2i_error=statistics.fmean(r["t2i_error"] for r in rs),
+            bound_held=sum(r["image_drift"] <= r["prompt_drift"] + epsilon for r in rs) / len(rs),
+        ))
+    return epsilon, out
+
+
+def sweep_alpha(method: str) -> float | None:
+    """The alpha of a sweep run's label (`sem_dpo@alpha=2` -> 2.0)."""
+    return float(method.split("=", 1)[1]) if method.startswith("sem_dpo@alpha=") else None
+
+
+def means_by(scores: pa.Table, dataset: str) -> dict[tuple[str, str], float]:
+    return {(r["method"], r["metric"]): r["mean"] for r in scores.to_pylist() if r["dataset"] == dataset}
+
+
+def scatter_png(scores: pa.Table, dataset: str, x: str, y: str, focus: str | None) -> bytes:
+    """One point per method, `x` against `y` mean score (paper Figure 3: upper right is better)."""
+    from matplotlib.figure import Figure
+
+    means = means_by(scores, dataset)
+    methods = [m for m in ordered(scores.column("method").to_pylist()) if (m, x) in means and (m, y) in means]
+    fig = Figure(figsize=(4.5, 3.6), dpi=120)
+    ax = fig.add_subplot()
+    for method in methods:
+        ax.scatter(means[(method, x)], means[(method, y)], s=60 if method == focus else 30,
+                   marker="*" if method == focus else "o", zorder=3)
+        ax.annotate(method, (means[(method, x)], means[(method, y)]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set(xlabel=x, ylabel=y, title=f"{dataset}: {x} vs {y}")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def sweep_png(scores: pa.Table, dataset: str, x: str, y: str) -> bytes:
+    """Sem-DPO's alpha sweep: `x` against `y`, a point per alpha, joined in alpha order (Figure 5)."""
+    from matplotlib.figure import Figure
+
+    means = means_by(scores, dataset)
+    runs = sorted((sweep_alpha(m), m) for m in ordered(scores.column("method").to_pylist()) if sweep_alpha(m) is not None)
+    runs = [(a, m) for a, m in runs if (m, x) in means and (m, y) in means]
+    fig = Figure(figsize=(4.5, 3.6), dpi=120)
+    ax = fig.add_subplot()
+    ax.plot([means[(m, x)] for _, m in runs], [means[(m, y)] for _, m in runs], marker="o")
+    for alpha, method in runs:
+        ax.annotate(f"α={alpha:g}", (means[(method, x)], means[(method, y)]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set(xlabel=x, ylabel=y, title=f"{dataset}: alpha sweep")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(4))
+            axis.set_major_formatter(FormatStrFormatter("%.4g"))
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def sample_grid(evaluation: pa.Table, count: int, cell: int = 160) -> bytes | None:
+    """PNG grid: a row per sample prompt (the first `count` of the first dataset), a column per
+    method; the `human` column is the original prompt's image."""
+    from PIL import Image, ImageDraw
+
+    from semdpo_core.scorers import decode_png
+
+    rows = evaluation.select(["method", "dataset", "prompt_id", "prompt", "image"]).to_pylist()
+    if not rows or count == 0:
+        return None
+    methods = ordered([r["method"] for r in rows])
+    first = rows[0]["dataset"]
+    prompts = ordered([(r["prompt_id"], r["prompt"]) for r in rows if r["dataset"] == first])[:count]
+    image = {(r["method"], r["prompt_id"]): r["image"] for r in rows if r["dataset"] == first}
+    label_h, caption_w = 18, 220
+    grid = Image.new("RGB", (caption_w + cell * len(methods), label_h + cell * len(prompts)), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, method in enumerate(methods):
+        draw.text((caption_w + j * cell + 4, 3), method if method != "human" else "human (original)", fill="black")
+    for i, (pid, prompt) in enumerate(prompts):
+        top = label_h + i * cell
+        draw.multiline_text((4, top + 4), "\n".join(_wrap(prompt, 34)[:8]), fill="black")
+        for j, method in enumerate(methods):
+            if (method, pid) in image:
+                tile = decode_png(image[(method, pid)]).resize((cell - 4, cell - 4), Image.NEAREST)
+                grid.paste(tile, (caption_w + j * cell + 2, top + 2))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+def build_report(evaluation: pa.Table, settings: Any, scorers: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], dict[str, bytes]]:
+    """(REPORT_SCORES table, the other tables as a JSON-ready dict, {file name: PNG bytes}).
+
+    `settings` is a ReportConfig; `scorers` maps each metric to its ScorerConfig (named in the report)."""
+    scores = score_table(evaluation, settings.average_over)
+    methods = ordered(evaluation.column("method").to_pylist())
+    datasets = ordered(evaluation.column("dataset").to_pylist())
+    metrics = ordered([r["metric"] for r in scores.to_pylist() if r["metric"] != AVG])
+    focus = focus_method(methods, settings.focus)
+    epsilon, drift = drift_stats(evaluation, settings.drift_epsilon)
+    tables = {
+        "scorers": {name: s.model_dump(exclude_none=True) for name, s in scorers.items()},
+        "datasets": datasets, "methods": methods, "focus": focus,
+        "tokens": token_stats(evaluation),
+        "head_to_head": head_to_head(evaluation, focus, settings.tie_tolerance) if focus else [],
+        "drift": {"epsilon": epsilon, "methods": drift},
+    }
+    x = settings.semantic_metric
+    plots: dict[str, bytes] = {}
+    sweep = [m for m in methods if sweep_alpha(m) is not None]
+    for dataset in datasets:
+        for y in [m for m in settings.preference_metrics if m in metrics]:
+            if x in metrics:
+                plots[f"scatter-{dataset}-{x}-vs-{y}.png"] = scatter_png(scores, dataset, x, y, focus)
+                if len(sweep) > 1:
+                    plots[f"alpha-sweep-{dataset}-{x}-vs-{y}.png"] = sweep_png(scores, dataset, x, y)
+    grid = sample_grid(evaluation, settings.sample_prompts)
+    if grid is not None:
+        plots["samples.png"] = grid
+    return scores, tables, plots
+
+
+def markdown(scores: pa.Table, tables: dict[str, Any], links: dict[str, str]) -> str:
+    """The report as markdown: every table, then links to the plots."""
+    rows = scores.to_pylist()
+    metrics = ordered([r["metric"] for r in rows])
+    out = ["# Sem-DPO evaluation report", "",
+           "Every image is scored against the ORIGINAL prompt. Scorers: "
+           + "; ".join(f"`{n}` = {s['kind']} {s['model']}" for n, s in tables["scorers"].items()) + ".", ""]
+    out += ["## Scores per dataset (mean; avg_score = mean of min-max normalised metrics, paper Tables 5-7)", "",
+            "| dataset | method | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    cell = {(r["dataset"], r["method"], r["metric"]): r["mean"] for r in rows}
+    for dataset in tables["datasets"]:
+        for method in tables["methods"]:
+            values = [cell.get((dataset, method, m)) for m in metrics]
+            out.append(f"| {dataset} | {method} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
+    datasets = tables["datasets"]
+    out += ["", "## Rewritten-prompt token length (paper Tables 1-2)", "",
+            "| method | N | mean | std | median | max | " + " | ".join(f"median {d}" for d in datasets) + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(datasets)]
+    for t in tables["tokens"]:
+        medians = " | ".join(f"{t['median_by_dataset'].get(d, float('nan')):.1f}" for d in datasets)
+        out.append(f"| {t['method']} | {t['n']} | {t['mean']:.2f} | {t['std']:.2f} | {t['median']:.1f} | {t['max']} | {medians} |")
+    out += ["", f"## Head to head: {tables['focus'] or '(no Sem-DPO run evaluated)'} vs each method (paper Figure 4)", ""]
+    if tables["head_to_head"]:
+        out += ["| versus | metric | win | tie | loss | n |", "|---|---|---|---|---|---|"]
+        for h in tables["head_to_head"]:
+            out.append(f"| {h['versus']} | {h['metric']} | {h['win_rate']:.1%} | {h['tie_rate']:.1%} | {h['loss_rate']:.1%} | {h['n']} |")
+    drift = tables["drift"]
+    out += ["", "## Semantic drift (Proposition 2)", ""]
+    if drift["methods"]:
+        out += [f"Euclidean distances of normalised embeddings; bound: d_T2I-Drift(x,y) <= d(x,y) + eps, eps = {drift['epsilon']:.4f}.", "",
+                "| method | n | d(x,y) | d_T2I-Drift | d_T2I(y) | bound held |", "|---|---|---|---|---|---|"]
+        for d in drift["methods"]:
+            out.append(f"| {d['method']} | {d['n']} | {d['prompt_drift']:.4f} | {d['image_drift']:.4f} | {d['t2i_error']:.4f} | {d['bound_held']:.1%} |")
+    else:
+        out.append("Drift was not measured (evaluate.drift_encoder is null).")
+    out += ["", "## Plots", ""] + [f"- [{name}]({url})" for name, url in links.items()]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,113 @@
+"""The report's numbers against a small example computed by hand."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from semdpo_core.config import ReportConfig, ScorerConfig
+from semdpo_core.report import build_report, drift_stats, head_to_head, markdown, score_table, token_stats
+from semdpo_core.schemas import EVALUATION
+from semdpo_core.scorers import encode_png
+
+# (method, dataset, prompt_id, clip, pick, tokens, prompt_drift, image_drift, t2i_error)
+ROWS = [
+    ("human", "A", "p1", 0.20, 20.0, 5, 0.0, 1.0, 1.0),
+    ("human", "A", "p2", 0.30, 22.0, 7, 0.0, 1.2, 1.2),
+    ("human", "B", "q1", 0.30, 20.0, 4, 0.0, 1.1, 1.1),
+    ("dpo", "A", "p1", 0.22, 22.0, 10, 0.9, 1.5, 1.0),
+    ("dpo", "A", "p2", 0.24, 23.0, 20, 0.8, 1.2, 1.0),
+    ("dpo", "B", "q1", 0.30, 19.0, 12, 0.7, 1.3, 1.0),
+    ("sem_dpo", "A", "p1", 0.26, 21.0, 8, 0.3, 0.7, 1.0),
+    ("sem_dpo", "A", "p2", 0.28, 23.0, 9, 0.2, 0.6, 1.0),
+    ("sem_dpo", "B", "q1", 0.30 + 5e-7, 19.5, 6, 0.1, 0.55, 1.0),
+]
+
+
+def evaluation(rows=ROWS) -> pa.Table:
+    image = encode_png(Image.new("RGB", (8, 8), "gray"))
+    return pa.Table.from_pylist(
+        [dict(method=m, dataset=d, prompt_id=p, prompt=f"prompt {p}", rewrite=f"{m} {p}", rewrite_tokens=t, seed=0,
+              image=image, scores=[("clip", c), ("pick", s)], prompt_drift=pd, image_drift=idr, t2i_error=te)
+         for m, d, p, c, s, t, pd, idr, te in rows],
+        schema=EVALUATION,
+    )
+
+
+def cell(table: pa.Table, dataset: str, method: str, metric: str, field: str = "mean") -> float:
+    return next(r[field] for r in table.to_pylist() if (r["dataset"], r["method"], r["metric"]) == (dataset, method, metric))
+
+
+def test_scores_and_min_max_normalised_average():
+    scores = score_table(evaluation())
+    # dataset A means: clip human .25, dpo .23, sem .27 -> normalised .5, 0, 1
+    #                  pick human 21, dpo 22.5, sem 22   -> normalised 0, 1, 2/3
+    assert cell(scores, "A", "dpo", "pick") == pytest.approx(22.5)
+    assert cell(scores, "A", "human", "clip", "std") == pytest.approx(math.sqrt(0.005))
+    assert cell(scores, "A", "human", "clip", "normalized") == pytest.approx(0.5)
+    assert cell(scores, "A", "sem_dpo", "pick", "normalized") == pytest.approx(2 / 3)
+    assert cell(scores, "A", "human", "avg_score") == pytest.approx(0.25)
+    assert cell(scores, "A", "dpo", "avg_score") == pytest.approx(0.5)
+    assert cell(scores, "A", "sem_dpo", "avg_score") == pytest.approx(5 / 6)
+    # dataset B is normalised on its own: pick 20, 19, 19.5 -> 1, 0, .5
+    assert cell(scores, "B", "sem_dpo", "pick", "normalized") == pytest.approx(0.5)
+    only_clip = score_table(evaluation(), average_over=["clip"])
+    assert [cell(only_clip, "A", m, "avg_score") for m in ("human", "dpo", "sem_dpo")] == pytest.approx([0.5, 0.0, 1.0])
+
+
+def test_head_to_head_win_tie_loss_pooled_over_datasets():
+    h2h = {(r["versus"], r["metric"]): r for r in head_to_head(evaluation(), "sem_dpo", tie_tolerance=1e-6)}
+    assert set(h2h) == {("human", "clip"), ("human", "pick"), ("dpo", "clip"), ("dpo", "pick")}
+    # vs human, clip: p1 .26>.20 win, p2 .28<.30 loss, q1 within 1e-6: tie
+    assert [h2h[("human", "clip")][k] for k in ("win", "tie", "loss", "n")] == [1, 1, 1, 3]
+    assert [h2h[("human", "pick")][k] for k in ("win", "tie", "loss")] == [2, 0, 1]
+    assert [h2h[("dpo", "clip")][k] for k in ("win", "tie", "loss")] == [2, 1, 0]
+    assert [h2h[("dpo", "pick")][k] for k in ("win", "tie", "loss")] == [1, 1, 1]
+    assert h2h[("human", "pick")]["win_rate"] == pytest.approx(2 / 3)
+    strict = {(r["versus"], r["metric"]): r for r in head_to_head(evaluation(), "sem_dpo", tie_tolerance=0.0)}
+    assert strict[("human", "clip")]["win"] == 2  # 5e-7 counts as a win without a tolerance
+
+
+def test_token_length_statistics():
+    stats = {s["method"]: s for s in token_stats(evaluation())}
+    human = stats["human"]  # lengths 5, 7, 4
+    assert (human["n"], human["median"], human["max"]) == (3, 5.0, 7)
+    assert human["mean"] == pytest.approx(16 / 3) and human["std"] == pytest.approx(math.sqrt(7 / 3))
+    assert human["median_by_dataset"] == {"A": 6.0, "B": 4.0}
+    assert stats["dpo"]["median"] == 12.0
+
+
+def test_drift_bound_with_given_and_default_epsilon():
+    epsilon, rows = drift_stats(evaluation(), 0.5)
+    by = {r["method"]: r for r in rows}
+    assert epsilon == 0.5
+    assert by["dpo"]["prompt_drift"] == pytest.approx(0.8) and by["dpo"]["image_drift"] == pytest.approx(4.0 / 3)
+    # dpo: 1.5 <= 1.4? no; 1.2 <= 1.3 yes; 1.3 <= 1.2 no -> 1/3 ; human: 1.0, 1.2 <= .5? never
+    assert by["dpo"]["bound_held"] == pytest.approx(1 / 3) and by["human"]["bound_held"] == 0.0
+    assert by["sem_dpo"]["bound_held"] == 1.0  # .7 <= .8, .6 <= .7, .55 <= .6
+    default, _ = drift_stats(evaluation(), None)
+    assert default == pytest.approx(1.2)  # 95th percentile of the human prompts' T2I error (1.0, 1.1, 1.2)
+
+
+def test_report_files_tables_and_plots():
+    rows = [r for r in ROWS if r[0] != "sem_dpo"]
+    rows += [(f"sem_dpo@alpha={a}",) + r[1:] for a in (1, 4) for r in ROWS if r[0] == "sem_dpo"]
+    settings = ReportConfig(semantic_metric="clip", preference_metrics=["pick"], sample_prompts=2)
+    scorers = {"clip": ScorerConfig(kind="clip", model="openai/clip-vit-large-patch14"),
+               "pick": ScorerConfig(kind="pickscore", model="yuvalkirstain/PickScore_v1")}
+    scores, tables, plots = build_report(evaluation(rows), settings, scorers)
+    assert tables["focus"] == "sem_dpo@alpha=1"  # a sweep: the first alpha is compared head to head
+    assert set(plots) == {"scatter-A-clip-vs-pick.png", "scatter-B-clip-vs-pick.png", "alpha-sweep-A-clip-vs-pick.png",
+                          "alpha-sweep-B-clip-vs-pick.png", "samples.png"}
+    grid = Image.open(io.BytesIO(plots["samples.png"]))
+    assert grid.size[1] > 2 * 100 and grid.size[0] > 4 * 100  # two prompts x four methods
+    text = markdown(scores, tables, {name: f"file:///r/{name}" for name in plots})
+    assert "`clip` = clip openai/clip-vit-large-patch14" in text  # the report names the CLIP model used
+    assert "| A | human | 0.2500 | 21.0000 | 0.2500 |" in text
+    assert "| human | 3 | 5.33 | 1.53 | 5.0 | 7 | 6.0 | 4.0 |" in text
+    assert "| dpo | pick | 33.3% | 33.3% | 33.3% | 3 |" in text
+    assert "[samples.png](file:///r/samples.png)" in text
