@@ -77,7 +77,7 @@ class RenderConfig(Section):
 class ScorerConfig(Section):
     """A scorer of images against prompts; `kind` picks the scoring rule (see semdpo_core.scorers)."""
 
-    kind: Literal["clip", "pickscore", "image_reward", "hpsv2", "open_clip"]
+    kind: Literal["clip", "pickscore", "image_reward", "hpsv2", "open_clip", "blip_itm"]
     model: str = Field(description="weights: a hub id (local HF cache), a folder, a file, or tiny:NAME")
     processor: str | None = Field(None, description="processor/tokenizer when not beside the weights")
     architecture: str | None = Field(None, description="open_clip model name (hpsv2: ViT-H-14)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-TINY_VERSION = 2
+TINY_VERSION = 4
 CLIP_MAX_LENGTH = 77
 
 
@@ -171,12 +171,42 @@ def build_image_reward(path: Path, seed: int) -> None:
     }
     (path / "med_config.json").write_text(json.dumps(med_config, indent=2))
     torch.manual_seed(seed)
-    vision = BlipVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+    vision = BlipVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
                               image_size=64, patch_size=16, layer_norm_eps=1e-6)
     text = BlipTextConfig(vocab_size=vocab_size, hidden_size=64, encoder_hidden_size=128, intermediate_size=128,
                           num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64, is_decoder=True,
                           bos_token_id=None, eos_token_id=None, sep_token_id=None)
-    torch.save(ImageRewardModel(vision, text).official_state_dict(), path / "ImageReward.pt")
+    model = ImageRewardModel(vision, text)
+    for layer in model.head.layers:  # variance-preserving head, so rewards differ between images (no ties)
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
+    torch.save(model.official_state_dict(), path / "ImageReward.pt")
+
+
+def build_blip_itm(path: Path, seed: int) -> None:
+    """BLIP with its image-text matching head (BlipForImageTextRetrieval) at toy width, saved with
+    save_pretrained next to a BERT tokenizer carrying BLIP's [DEC] and [ENC] tokens."""
+    from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
+
+    from semdpo_core.scorers.image_reward import blip_tokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _demo_words()
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
+    tokenizer = blip_tokenizer(str(path))
+    torch.manual_seed(seed)
+    config = BlipConfig(
+        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=16, layer_norm_eps=1e-6),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, encoder_hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.sep_token_id,
+                         sep_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id),
+        projection_dim=32, image_text_hidden_size=32,
+    )
+    BlipForImageTextRetrieval(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
 
 
 TINY_OPEN_CLIP = {
@@ -207,6 +237,7 @@ BUILDERS: dict[str, tuple[Callable[[Path, int], None], int]] = {
     "pickscore": (build_clip, 4),
     "image_reward": (build_image_reward, 5),
     "hpsv2": (build_hpsv2, 6),
+    "blip_itm": (build_blip_itm, 7),
 }
 
 

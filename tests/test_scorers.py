@@ -180,3 +180,59 @@ def test_pickscore_and_clip_score_match_the_published_rules(tmp_path):
     cosine = (out.logits_per_image.diagonal() / model.logit_scale.exp()).tolist()
     assert_same(clip, cosine)
     assert all(-1 <= c <= 1 for c in clip)
+
+
+def test_blip_itm_matches_blips_own_modules(tmp_path):
+    """BLIP-ITM's original code (salesforce/BLIP's blip_itm.py) is not packaged; its modules are, in
+    the image-reward package (vit.py, med.py: BLIP's own files). Their forward pass is run here
+    with blip_itm.py's steps, on the weights of a tiny HF BlipForImageTextRetrieval."""
+    originals.image_reward()
+    from ImageReward.models.BLIP.med import BertConfig, BertModel
+    from ImageReward.models.BLIP.vit import VisionTransformer
+    from torchvision import transforms as T
+    from transformers import AutoTokenizer, BlipForImageTextRetrieval
+
+    from semdpo_core.models import resolve
+    from semdpo_core.scorers.image_reward import to_official_key
+
+    repo = tmp_path / "blip-itm"
+    shutil.copytree(resolve("tiny:blip_itm"), repo)
+    hf = BlipForImageTextRetrieval.from_pretrained(repo)
+    jitter(hf, 0.05, seed=2)
+    hf.save_pretrained(repo)
+    v, t = hf.config.vision_config, hf.config.text_config
+
+    visual_encoder = VisionTransformer(img_size=v.image_size, patch_size=v.patch_size, embed_dim=v.hidden_size,
+                                       depth=v.num_hidden_layers, num_heads=v.num_attention_heads).eval()
+    med = BertConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size, num_hidden_layers=t.num_hidden_layers,
+                     num_attention_heads=t.num_attention_heads, intermediate_size=t.intermediate_size,
+                     max_position_embeddings=t.max_position_embeddings, layer_norm_eps=t.layer_norm_eps,
+                     pad_token_id=t.pad_token_id, add_cross_attention=True)
+    med.encoder_width = v.hidden_size
+    text_encoder = BertModel(config=med, add_pooling_layer=False).eval()
+    itm_head = torch.nn.Linear(t.hidden_size, 2)
+    state = hf.state_dict()
+    vit = {to_official_key(k.replace("vision_model.", "vision.", 1)).removeprefix("blip.visual_encoder."): w
+           for k, w in state.items() if k.startswith("vision_model.")}
+    assert not visual_encoder.load_state_dict(vit, strict=False).missing_keys
+    text = {k.removeprefix("text_encoder."): w for k, w in state.items() if k.startswith("text_encoder.")}
+    assert not [k for k in text_encoder.load_state_dict(text, strict=False).missing_keys if "position_ids" not in k]
+    itm_head.load_state_dict({"weight": state["itm_head.weight"], "bias": state["itm_head.bias"]})
+
+    normalize = T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    transform = T.Compose([T.Resize((v.image_size, v.image_size), interpolation=T.InterpolationMode.BICUBIC),
+                           T.ToTensor(), normalize])  # BLIP's demo/eval transform
+    tokenizer = AutoTokenizer.from_pretrained(repo)
+    reference = []
+    with torch.no_grad():
+        for prompt, image in zip(PROMPTS, images()):  # blip_itm.py, match_head="itm"
+            image_embeds = visual_encoder(transform(image.convert("RGB")).unsqueeze(0))
+            image_atts = torch.ones(image_embeds.size()[:-1], dtype=torch.long)
+            caption = tokenizer(prompt, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+            output = text_encoder(caption.input_ids, attention_mask=caption.attention_mask,
+                                  encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts, return_dict=True)
+            itm_output = itm_head(output.last_hidden_state[:, 0, :])
+            reference.append(torch.nn.functional.softmax(itm_output, dim=1)[:, 1].item())
+    ours = load_scorer(ScorerConfig(kind="blip_itm", model=str(repo)), CPU).score(images(), PROMPTS)
+    assert_same(ours, reference)
+    assert all(0 < p < 1 for p in ours)

@@ -11,6 +11,7 @@ random-weight build (`tiny:NAME`) for the offline default:
 | image_reward | ImageReward.pt + med_config.json        | normalised MLP reward on BLIP features |
 | hpsv2        | HPS_v2.1_compressed.pt on ViT-H-14      | cosine of normalised open_clip features|
 | open_clip    | any open_clip architecture and weights  | cosine of normalised features          |
+| blip_itm     | BlipForImageTextRetrieval (ITM head)    | P(image matches text)                  |
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def load_scorer(config: ScorerConfig, device: torch.device) -> Scorer:
         from semdpo_core.scorers.image_reward import ImageRewardScorer
 
         return ImageRewardScorer(config.model, config.processor, device)
+    if config.kind == "blip_itm":
+        from semdpo_core.scorers.blip_itm import BlipItmScorer
+
+        return BlipItmScorer(config.model, config.processor, device)
     from semdpo_core.scorers.hps import OpenClipScorer
 
     if config.kind == "hpsv2":
