@@ -133,4 +133,18 @@ def load_diffusion(ref: str, device: torch.device) -> Any:
     check_vocab(pipe.tokenizer, pipe.text_encoder.config.vocab_size, ref)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return optimize_for_inference(pipe.to(device))
+
+
+def optimize_for_inference(pipe: Any) -> Any:
+    """The CUDA fast path of a diffusers pipeline: channels_last UNet and VAE (faster convolutions
+    with fp16 tensor cores) and PyTorch SDPA attention; on CPU the pipeline is left as it is."""
+    if pipe.device.type != "cuda":
+        return pipe
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    return pipe
