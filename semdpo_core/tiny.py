@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-TINY_VERSION = 4
+TINY_VERSION = 5
 CLIP_MAX_LENGTH = 77
 
 
@@ -171,8 +171,10 @@ def build_image_reward(path: Path, seed: int) -> None:
     }
     (path / "med_config.json").write_text(json.dumps(med_config, indent=2))
     torch.manual_seed(seed)
+    # BLIP's vision default initializer_range is 1e-10 (real checkpoints overwrite it): at random
+    # init every image would then look the same to the reward, so the tiny build uses BERT's 0.02.
     vision = BlipVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=64, patch_size=16, layer_norm_eps=1e-6)
+                              image_size=64, patch_size=16, layer_norm_eps=1e-6, initializer_range=0.02)
     text = BlipTextConfig(vocab_size=vocab_size, hidden_size=64, encoder_hidden_size=128, intermediate_size=128,
                           num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64, is_decoder=True,
                           bos_token_id=None, eos_token_id=None, sep_token_id=None)
@@ -198,14 +200,16 @@ def build_blip_itm(path: Path, seed: int) -> None:
     torch.manual_seed(seed)
     config = BlipConfig(
         vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=64, patch_size=16, layer_norm_eps=1e-6),
+                           image_size=64, patch_size=16, layer_norm_eps=1e-6, initializer_range=0.02),
         text_config=dict(vocab_size=len(tokenizer), hidden_size=64, encoder_hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.sep_token_id,
                          sep_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id),
         projection_dim=32, image_text_hidden_size=32,
     )
-    BlipForImageTextRetrieval(config).save_pretrained(path)
+    model = BlipForImageTextRetrieval(config)
+    torch.nn.init.normal_(model.itm_head.weight, std=model.itm_head.in_features**-0.5)  # scores that tell images apart
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 

@@ -236,3 +236,16 @@ def test_blip_itm_matches_blips_own_modules(tmp_path):
     ours = load_scorer(ScorerConfig(kind="blip_itm", model=str(repo)), CPU).score(images(), PROMPTS)
     assert_same(ours, reference)
     assert all(0 < p < 1 for p in ours)
+
+
+@pytest.mark.parametrize("config", [
+    ScorerConfig(kind="image_reward", model="tiny:image_reward"),
+    ScorerConfig(kind="hpsv2", model="tiny:hpsv2", architecture="semdpo-tiny-vit"),
+    ScorerConfig(kind="pickscore", model="tiny:pickscore"),
+    ScorerConfig(kind="blip_itm", model="tiny:blip_itm"),
+], ids=lambda c: c.kind)
+def test_tiny_scorers_tell_images_apart(config):
+    """The offline default labels pairs by these scores: one prompt, different images, clearly
+    different scores (not float noise, which would make chosen/rejected arbitrary)."""
+    scores = load_scorer(config, CPU).score(images(), [PROMPTS[0]] * 3)
+    assert max(scores) - min(scores) > 1e-3, scores
