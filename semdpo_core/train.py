@@ -162,7 +162,8 @@ def report_weights(method: str, distances: torch.Tensor, alpha: float | None, ta
     log.info("%s: %d pairs, mean weight %.3f, effective pairs %.1f (distance median %.3f)",
              method, len(weights), weights.mean().item(), effective, distances.median().item())
     if effective < 0.01 * len(weights):
-        log.warning("%s keeps under 1%% of the pairs: raise train.hard_filter.tau or lower train.alpha", method)
+        fix = "raise train.hard_filter.tau" if method == "hard_filter" else "lower train.alpha"
+        log.warning("%s keeps under 1%% of the pairs' weight: %s", method, fix)
 
 
 def train_preference(
