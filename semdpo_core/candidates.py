@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pyarrow as pa
+import torch
 from tqdm.auto import tqdm
 
 from semdpo_core.rewriter import generate
@@ -34,11 +35,18 @@ def sample_candidates(
     empty = 0
     for start in tqdm(range(0, len(prompts), batch_size), desc="candidates", unit="batch"):
         batch_ids, batch_prompts = prompt_ids[start : start + batch_size], prompts[start : start + batch_size]
-        rewrites = generate(
-            model, tokenizer, batch_prompts, num_return_sequences=num_candidates, do_sample=True,
-            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-            seed=derive_seed(seed, f"candidates:{shard}:{start}"),
-        )
+        try:
+            rewrites = generate(
+                model, tokenizer, batch_prompts, num_return_sequences=num_candidates, do_sample=True,
+                temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                seed=derive_seed(seed, f"candidates:{shard}:{start}"),
+            )
+        except torch.OutOfMemoryError as error:  # the batch seeds the sampling: never resized silently
+            raise RuntimeError(
+                f"candidates: out of GPU memory sampling {len(batch_prompts)} prompts x {num_candidates} rewrites; "
+                f"set candidates.batch_size below {batch_size} (it is part of the sampling seed, so the "
+                f"stage does not lower it by itself)"
+            ) from error
         for pid, prompt, options in zip(batch_ids, batch_prompts, rewrites, strict=True):
             for j, rewrite in enumerate(options):
                 if not rewrite:

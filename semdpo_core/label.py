@@ -6,8 +6,8 @@ import logging
 from collections import defaultdict
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
+from semdpo_core.batching import map_in_batches
 from semdpo_core.schemas import PAIRS
 from semdpo_core.scorers import Scorer, decode_png
 
@@ -15,12 +15,11 @@ log = logging.getLogger("semdpo.label")
 
 
 def score_images(scorer: Scorer, images: list[bytes], prompts: list[str], batch_size: int, desc: str = "score") -> list[float]:
-    """The scorer's score of each PNG image against its prompt."""
-    scores: list[float] = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
-        batch = [decode_png(b) for b in images[start : start + batch_size]]
-        scores.extend(scorer.score(batch, prompts[start : start + batch_size]))
-    return scores
+    """The scorer's score of each PNG image against its prompt (batches split on GPU OOM)."""
+    return map_in_batches(
+        lambda batch: scorer.score([decode_png(b) for b in images[batch]], prompts[batch]), len(images), batch_size,
+        desc=desc, unit="image",
+    )
 
 
 def select_pairs(candidates: pa.Table, rewards: dict[str, float]) -> pa.Table:

@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from semdpo_core.batching import map_in_batches
 from semdpo_core.scorers import encode_png
 
 log = logging.getLogger("semdpo.render")
@@ -25,20 +25,22 @@ def render_images(
     batch_size: int,
     desc: str = "render",
 ) -> list[bytes]:
-    """PNG bytes of one image per (prompt, seed); the same seed always gives the same image."""
-    images: list[bytes] = []
+    """PNG bytes of one image per (prompt, seed); a seed gives the same image in any batch (up to
+    float rounding), so a batch that does not fit in GPU memory is split (semdpo_core.batching)."""
     generator_device = pipe.device if pipe.device.type == "cuda" else "cpu"
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        batch_seeds = seeds[start : start + batch_size]
-        generators = [torch.Generator(generator_device).manual_seed(s) for s in batch_seeds]
+
+    def render_batch(batch: slice) -> list[bytes]:
+        generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds[batch]]
         out = pipe(
-            prompts[start : start + batch_size],
+            prompts[batch],
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             height=height,
             width=width,
             generator=generators,
         )
-        images.extend(encode_png(image) for image in out.images)
+        return [encode_png(image) for image in out.images]
+
+    images = map_in_batches(render_batch, len(prompts), batch_size, desc=desc, unit="image")
     log.info("rendered %d images (%dx%d, %d DDIM steps)", len(images), width, height, num_inference_steps)
     return images

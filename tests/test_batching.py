@@ -1,0 +1,77 @@
+"""A batch that does not fit in GPU memory is split, with the same results; where splitting would
+change the results (candidate sampling), the error says what to set instead."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from semdpo_core.batching import map_in_batches
+from semdpo_core.candidates import sample_candidates
+from semdpo_core.models import load_diffusion
+from semdpo_core.render import render_images
+from semdpo_core.scorers import decode_png
+
+CPU = torch.device("cpu")
+
+
+def fits(limit: int, calls: list[int]):
+    """A step that runs out of memory on batches over `limit` items, recording every batch it is given."""
+
+    def step(batch: slice) -> list[int]:
+        calls.append(batch.stop - batch.start)
+        if batch.stop - batch.start > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [i * i for i in range(batch.start, batch.stop)]
+
+    return step
+
+
+def test_batches_halve_on_out_of_memory_and_keep_order(caplog):
+    calls: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="semdpo.batching"):
+        out = map_in_batches(fits(3, calls), 11, 8, desc="render")
+    assert out == [i * i for i in range(11)]
+    assert calls == [8, 4, 2, 2, 2, 2, 2, 1]  # probes down once, then keeps the size that fitted
+    assert "render: out of GPU memory with a batch of 8; continuing with 4" in caplog.text
+
+
+def test_out_of_memory_with_one_item_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="render: out of GPU memory with a batch of 1"):
+        map_in_batches(fits(0, []), 3, 2, desc="render")
+
+
+def test_a_short_batch_result_is_an_error():
+    with pytest.raises(RuntimeError, match="a batch of 2 items gave 1 results"):
+        map_in_batches(lambda batch: [0], 2, 2, desc="score")
+
+
+def test_split_render_batches_give_the_same_images_up_to_rounding():
+    pipe = load_diffusion("tiny:stable-diffusion", CPU)
+    prompts, seeds = ["a red fox", "a blue lake", "an old tower", "a snowy road"], [11, 12, 13, 14]
+    settings = dict(num_inference_steps=2, guidance_scale=7.5, height=64, width=64)
+    reference = render_images(pipe, prompts, seeds, batch_size=1, **settings)
+
+    class SmallGpu:  # the same pipeline, out of memory above two prompts
+        device = pipe.device
+
+        def __call__(self, batch_prompts, **kwargs):
+            if len(batch_prompts) > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            return pipe(batch_prompts, **kwargs)
+
+    split = render_images(SmallGpu(), prompts, seeds, batch_size=4, **settings)
+    pixels = lambda png: np.asarray(decode_png(png), dtype=int)  # noqa: E731
+    # batched kernels round differently (at most one level here); a seed not applied per image would differ wholesale
+    assert max(np.abs(pixels(a) - pixels(b)).max() for a, b in zip(split, reference, strict=True)) <= 1
+
+
+def test_candidate_sampling_out_of_memory_names_the_setting(monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr("semdpo_core.candidates.generate", out_of_memory)
+    with pytest.raises(RuntimeError, match=r"set candidates.batch_size below 16 \(it is part of the sampling seed"):
+        sample_candidates(None, None, ["p1"], ["a fox"], num_candidates=2, temperature=1.0, top_p=0.9,
+                          max_new_tokens=8, batch_size=16, seed=0)
