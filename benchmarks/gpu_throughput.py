@@ -117,7 +117,8 @@ def bench_candidates(size: str, device: torch.device, dtype: torch.dtype, n: int
         model.generation_config.eos_token_id = settings_eos
 
 
-def bench_render(size: str, device: torch.device, dtype: torch.dtype, n: int, batch: int, steps: int, px: int) -> dict:
+def bench_render(size: str, device: torch.device, dtype: torch.dtype, n: int, batch: int, steps: int, px: int,
+                 compile_unet: bool = False) -> dict:
     from semdpo_core import profiles
     from semdpo_core.models import optimize_for_inference
     from semdpo_core.render import render_images
@@ -131,7 +132,7 @@ def bench_render(size: str, device: torch.device, dtype: torch.dtype, n: int, ba
                  generator=torch.Generator("cpu").manual_seed(seed))
 
     base = compare("render (plain)", "images", n, baseline, None, device)
-    optimize_for_inference(pipe)
+    optimize_for_inference(pipe, compile_unet)  # on CUDA: channels_last, SDPA (+ torch.compile)
 
     def ours() -> None:
         render_images(pipe, prompts, seeds, num_inference_steps=steps, guidance_scale=7.5, height=px, width=px,
@@ -211,6 +212,7 @@ def main() -> None:
     parser.add_argument("--size", choices=["full", "tiny"], default="full" if cuda else "tiny")
     parser.add_argument("--items", type=int, default=32 if cuda else 8, help="prompts/images per measurement")
     parser.add_argument("--batch-size", type=int, default=16 if cuda else 4)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (render.compile)")
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
@@ -221,7 +223,7 @@ def main() -> None:
     print(f"semdpo GPU-stage throughput on {name}, {args.size} models, {args.items} items, batch {args.batch_size}")
     rows = {
         "candidates": bench_candidates(args.size, device, dtype, args.items, args.batch_size, new_tokens),
-        "render": bench_render(args.size, device, dtype, args.items, args.batch_size, steps, px),
+        "render": bench_render(args.size, device, dtype, args.items, args.batch_size, steps, px, args.compile),
     }
     for kind in ("image_reward", "hpsv2", "pickscore"):
         rows[kind] = bench_scorer(kind, args.size, device, dtype, args.items, args.batch_size)

@@ -71,7 +71,8 @@ class RenderConfig(Section):
     guidance_scale: float = Field(7.5, ge=0)
     height: int = Field(64, ge=8)
     width: int = Field(64, ge=8)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="the largest batch; on CUDA out-of-memory it is halved")
+    compile: bool = Field(False, description="torch.compile the UNet on CUDA (slow first batch, faster after)")
 
 
 class ScorerConfig(Section):

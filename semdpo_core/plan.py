@@ -84,7 +84,8 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
     candidates = fingerprint(
         "candidates", {"candidates": config.candidates.model_dump(), "seed": config.seed, **shards}, [prompts, sft]
     )
-    render = fingerprint("render", {**config.render.model_dump(), **shards}, [candidates])
+    render_settings = config.render.model_dump(exclude={"compile"})  # how the UNet runs, not what it draws
+    render = fingerprint("render", {**render_settings, **shards}, [candidates])
     label = fingerprint("label", {**config.label.model_dump(), **shards}, [candidates, render])
     fidelity = fingerprint("fidelity", {**config.fidelity.model_dump(), **shards}, [candidates, render])
     pairs = fingerprint("pairs", {}, [candidates, label])
@@ -103,7 +104,7 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
     evaluated = evaluated_labels(config, runs)
     evaluate = fingerprint(
         "evaluate",
-        {"evaluate": config.evaluate.model_dump(), "methods": evaluated, "render": config.render.model_dump(),
+        {"evaluate": config.evaluate.model_dump(), "methods": evaluated, "render": render_settings,
          "seed": config.seed},
         [prompts, sft, *[train[label] for label in evaluated if label in train]],
     )

@@ -197,7 +197,7 @@ def checkpoint_dir(config: PipelineConfig, ref: DatasetRef) -> str:
 
 
 @functools.lru_cache(maxsize=6)  # a stage uses at most a rewriter, SD and its scorers
-def inference_model(kind: str, ref: str, device: str, extra: str | None = None) -> Any:
+def inference_model(kind: str, ref: str, device: str, compile_unet: bool = False) -> Any:
     """A model for inference, loaded once per worker process and shared by its shards."""
     import torch
 
@@ -209,7 +209,7 @@ def inference_model(kind: str, ref: str, device: str, extra: str | None = None) 
     if kind == "rewriter":
         return load_rewriter(ref, dev)
     if kind == "diffusion":
-        return load_diffusion(ref, dev)
+        return load_diffusion(ref, dev, compile_unet=compile_unet)
     if kind == "encoder":
         return SemanticEncoder(ref, dev)
     if kind == "scorer":  # ref: the ScorerConfig as JSON (hashable, so the cache can key on it)
@@ -217,6 +217,11 @@ def inference_model(kind: str, ref: str, device: str, extra: str | None = None) 
 
         return load_scorer(ScorerConfig.model_validate_json(ref), dev)
     raise ValueError(f"unknown model kind {kind!r}")
+
+
+def diffusion_model(config: Any, device: str) -> Any:
+    """The render section's Stable Diffusion pipeline, loaded once per worker process."""
+    return inference_model("diffusion", config.render.model, device, compile_unet=config.render.compile)
 
 
 def scorer_model(config: Any, device: str) -> Any:

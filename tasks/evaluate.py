@@ -11,7 +11,7 @@ from semdpo_core.evaluate import evaluate_method
 from semdpo_core.models import resolve_device
 from semdpo_core.schemas import EVALUATION, PROMPTS
 from semdpo_core.store import DatasetRef
-from tasks.common import ShardedStage, checkpoint_dir, inference_model, open_store, scorer_model
+from tasks.common import ShardedStage, checkpoint_dir, diffusion_model, inference_model, open_store, scorer_model
 
 
 def evaluate_shard(
@@ -23,7 +23,7 @@ def evaluate_shard(
     method, device = methods[shard], str(resolve_device(config.device))
     # human input keeps its prompts; the SFT rewriter's tokenizer counts their tokens like every other method's
     rewriter = inference_model("rewriter", checkpoint_dir(config, checkpoints["sft" if method == "human" else method]), device)
-    pipe = inference_model("diffusion", config.render.model, device)
+    pipe = diffusion_model(config, device)
     scorers = {name: scorer_model(s, device) for name, s in config.evaluate.scorers.items()}
     return evaluate_method(method, test, rewriter, pipe, scorers, config.evaluate, config.render, config.seed)
 

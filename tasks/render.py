@@ -10,13 +10,13 @@ from semdpo_core.models import resolve_device
 from semdpo_core.render import render_images
 from semdpo_core.schemas import CANDIDATES, IMAGES
 from semdpo_core.store import DatasetRef
-from tasks.common import ShardedStage, inference_model, open_store
+from tasks.common import ShardedStage, diffusion_model, open_store
 
 
 def render_shard(config: PipelineConfig, shard: int, candidates: DatasetRef) -> pa.Table:
     table = open_store(config).read_part(candidates, shard, CANDIDATES)
     r = config.render
-    pipe = inference_model("diffusion", r.model, str(resolve_device(config.device)))
+    pipe = diffusion_model(config, str(resolve_device(config.device)))
     images = render_images(
         pipe, table.column("rewrite").to_pylist(), table.column("seed").to_pylist(),
         num_inference_steps=r.num_inference_steps, guidance_scale=r.guidance_scale,

@@ -47,6 +47,14 @@ def test_a_method_setting_retrains_only_that_method():
     assert [m for m in a["train"] if a["train"][m] != b["train"][m]] == ["kto"]
 
 
+def test_compiling_the_unet_reuses_the_images_and_a_new_image_size_does_not():
+    base = plan_pipeline(load_config(None))
+    assert plan_pipeline(load_config(None, ["render.compile=true"])) == base
+    resized = plan_pipeline(load_config(None, ["render.height=128"]))
+    assert resized["render"] != base["render"] and resized["evaluate"] != base["evaluate"]
+    assert resized["candidates"] == base["candidates"]
+
+
 def test_alpha_sweep_plans_one_sem_dpo_run_per_alpha_on_shared_upstream():
     sweep = plan_pipeline(load_config(None, ["train.alpha=[1, 4, 8]", "train.methods=[dpo, sem_dpo]"]))
     assert list(sweep["train"]) == ["dpo", "sem_dpo@alpha=1", "sem_dpo@alpha=4", "sem_dpo@alpha=8"]
