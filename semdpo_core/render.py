@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ def render_images(
     float rounding), so a batch that does not fit in GPU memory is split (semdpo_core.batching)."""
     generator_device = pipe.device if pipe.device.type == "cuda" else "cpu"
 
-    def render_batch(batch: slice) -> list[bytes]:
+    def render_batch(batch: slice) -> list[Future[bytes]]:
         generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds[batch]]
         out = pipe(
             prompts[batch],
@@ -39,8 +40,9 @@ def render_images(
             width=width,
             generator=generators,
         )
-        return [encode_png(image) for image in out.images]
+        return [encoder.submit(encode_png, image) for image in out.images]  # while the next batch renders
 
-    images = map_in_batches(render_batch, len(prompts), batch_size, desc=desc, unit="image")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png") as encoder:
+        images = [f.result() for f in map_in_batches(render_batch, len(prompts), batch_size, desc=desc, unit="image")]
     log.info("rendered %d images (%dx%d, %d DDIM steps)", len(images), width, height, num_inference_steps)
     return images

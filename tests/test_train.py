@@ -7,7 +7,14 @@ import torch
 from semdpo_core.config import TrainConfig, load_config
 from semdpo_core.models import load_rewriter
 from semdpo_core.plan import plan_pipeline
-from semdpo_core.train import PreferenceData, reference_logps, train_preference, warmup_then_linear_decay
+from semdpo_core.train import (
+    PreferenceData,
+    completion_logps,
+    concatenated_logps,
+    reference_logps,
+    train_preference,
+    warmup_then_linear_decay,
+)
 
 CPU = torch.device("cpu")
 DATA = PreferenceData(
@@ -103,3 +110,16 @@ def test_checkpoint_interval_does_not_change_train_fingerprints():
     a = plan_pipeline(load_config(None))["train"]
     b = plan_pipeline(load_config(None, ["train.checkpoint_every=100"]))["train"]
     assert a == b
+
+
+def test_one_concatenated_forward_gives_each_sets_log_probs():
+    model, tokenizer = load_rewriter("tiny:rewriter", CPU)
+    prompts = DATA.prompts[:3]
+    sets = {"chosen": DATA.chosen[:3], "rejected": DATA.rejected[:3], "kl": DATA.chosen[3:6]}
+    with torch.no_grad():
+        together = concatenated_logps(model, tokenizer, prompts, sets, 64)
+        for name, completions in sets.items():
+            logps, tokens = completion_logps(model, tokenizer, prompts, completions, 64)
+            torch.testing.assert_close(together[name][0], logps, atol=1e-5, rtol=0)
+            assert torch.equal(together[name][1], tokens)
+    assert not torch.allclose(together["chosen"][0], together["rejected"][0])
