@@ -1,6 +1,6 @@
 """Step time and peak memory of preference training, as ratios measured in one run.
 
-    python benchmarks/train_speed.py [--model tiny:rewriter] [--steps 40] [--batch-size 8] [--json out.json]
+    python benchmarks/train_speed.py [--model tiny:rewriter] [--steps 200] [--batch-size 8] [--json out.json]
 
 Compares, on the same model, pairs and batch size:
 - Sem-DPO vs DPO in our trainer (the paper: 70 vs 60 minutes; our target: <= 1.02);
@@ -138,7 +138,7 @@ def measure(config: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny:rewriter", help="rewriter: tiny:rewriter, a hub id or a local path")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
