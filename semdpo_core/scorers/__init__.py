@@ -24,6 +24,9 @@ from PIL import Image
 
 from semdpo_core.config import ScorerConfig
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the image normalisation BLIP, ImageReward and HPS share
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 class Scorer(Protocol):
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]: ...

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from semdpo_core.models import inference_dtype, pretrained
-from semdpo_core.scorers.image_reward import CLIP_MEAN, CLIP_STD, MAX_PROMPT_TOKENS
+from semdpo_core.scorers import CLIP_MEAN, CLIP_STD
+from semdpo_core.scorers.image_reward import MAX_PROMPT_TOKENS
 
 
 def blip_transform(size: int) -> Any:

@@ -17,11 +17,10 @@ import torch
 from PIL import Image
 
 from semdpo_core.models import ModelNotFound, inference_dtype, model_file, resolve
+from semdpo_core.scorers import CLIP_MEAN, CLIP_STD
 
 HPS_CHECKPOINT = "HPS_v2.1_compressed.pt"
 HPS_ARCHITECTURE = "ViT-H-14"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def hps_transform(size: int) -> Any:

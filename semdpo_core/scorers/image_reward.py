@@ -19,14 +19,13 @@ from PIL import Image
 from torch import nn
 
 from semdpo_core.models import ModelNotFound, inference_dtype, model_file, pretrained, resolve
+from semdpo_core.scorers import CLIP_MEAN, CLIP_STD
 
 CHECKPOINT = "ImageReward.pt"
 MED_CONFIG = "med_config.json"
 REWARD_MEAN = 0.16717362830052426  # the original's normalisation of the MLP output
 REWARD_STD = 1.0333394966054072
 MAX_PROMPT_TOKENS = 35  # the original pads/truncates prompts to 35 tokens
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 UNUSED = ("blip.vision_proj.", "blip.text_proj.", "blip.text_encoder.embeddings.position_ids")
 
 # (official key fragment, transformers key fragment), applied in order; the inverse is the swap.
