@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -150,18 +151,28 @@ def _demo_words() -> list[str]:
     return sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower())})
 
 
+def _blip_tokenizer(folder: Path) -> Any:
+    """A BERT WordPiece tokenizer over the demo words, saved in `folder`, loaded back with the two
+    special tokens BLIP adds ([DEC], [ENC])."""
+    from transformers import BertTokenizer
+
+    from semdpo_core.scorers.image_reward import blip_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _demo_words()
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    return blip_tokenizer(str(folder))
+
+
 def build_image_reward(path: Path, seed: int) -> None:
     """ImageReward's files at toy width: ImageReward.pt (official key names), med_config.json and
     a BERT tokenizer folder, exactly the layout of the THUDM/ImageReward repo plus its tokenizer."""
-    from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig
+    from transformers import BlipTextConfig, BlipVisionConfig
 
-    from semdpo_core.scorers.image_reward import ImageRewardModel, blip_tokenizer
+    from semdpo_core.scorers.image_reward import ImageRewardModel
 
-    (path / "tokenizer").mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _demo_words()
-    (path / "tokenizer" / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(str(path / "tokenizer" / "vocab.txt")).save_pretrained(path / "tokenizer")
-    vocab_size = len(blip_tokenizer(str(path / "tokenizer")))  # + [DEC] and [ENC], as BLIP adds them
+    vocab_size = len(_blip_tokenizer(path / "tokenizer"))  # + [DEC] and [ENC], as BLIP adds them
     med_config = {
         "architectures": ["BertModel"], "hidden_act": "gelu", "hidden_size": 64, "intermediate_size": 128,
         "layer_norm_eps": 1e-12, "max_position_embeddings": 64, "model_type": "bert", "num_attention_heads": 2,
@@ -188,15 +199,9 @@ def build_image_reward(path: Path, seed: int) -> None:
 def build_blip_itm(path: Path, seed: int) -> None:
     """BLIP with its image-text matching head (BlipForImageTextRetrieval) at toy width, saved with
     save_pretrained next to a BERT tokenizer carrying BLIP's [DEC] and [ENC] tokens."""
-    from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
+    from transformers import BlipConfig, BlipForImageTextRetrieval
 
-    from semdpo_core.scorers.image_reward import blip_tokenizer
-
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _demo_words()
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-    tokenizer = blip_tokenizer(str(path))
+    tokenizer = _blip_tokenizer(path)
     torch.manual_seed(seed)
     config = BlipConfig(
         vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
