@@ -87,13 +87,11 @@ def rewriter(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, 
 
 def scorer(kind: str, size: str, device: torch.device, dtype: torch.dtype) -> Any:
     """A scorer of `kind` (image_reward, hpsv2, pickscore) at full size with random weights, or tiny."""
-    from semdpo_core.config import ScorerConfig
+    from semdpo_core.config import EvaluateConfig
     from semdpo_core.scorers import load_scorer
 
-    if size == "tiny":
-        tiny = {"image_reward": ScorerConfig(kind="image_reward", model="tiny:image_reward"),
-                "hpsv2": ScorerConfig(kind="hpsv2", model="tiny:hpsv2", architecture="semdpo-tiny-vit"),
-                "pickscore": ScorerConfig(kind="pickscore", model="tiny:pickscore")}
+    if size == "tiny":  # the offline default's evaluation scorers
+        tiny = {s.kind: s for s in EvaluateConfig().scorers.values()}
         return load_scorer(tiny[kind], device)
     if kind == "image_reward":
         return _full_image_reward(device, dtype)
