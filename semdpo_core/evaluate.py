@@ -7,17 +7,17 @@ rewrite. Scores always compare the image with the ORIGINAL user prompt.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import pyarrow as pa
 
 from semdpo_core.config import EvaluateConfig, RenderConfig
 from semdpo_core.label import score_images
-from semdpo_core.scorers import decode_png
 from semdpo_core.render import render_images
+from semdpo_core.report import mean_std, ordered
 from semdpo_core.rewriter import generate
 from semdpo_core.schemas import EVALUATION, METRICS
+from semdpo_core.scorers import decode_png
 from semdpo_core.seeds import derive_seed
 
 log = logging.getLogger("semdpo.evaluate")
@@ -97,8 +97,7 @@ def summarize(evaluation: pa.Table) -> pa.Table:
             values.setdefault((method, name), []).append(value)
     rows: dict[str, list] = {name: [] for name in METRICS.names}
     for (method, metric), xs in values.items():
-        mean = sum(xs) / len(xs)
-        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        mean, std = mean_std(xs)
         for key, value in zip(METRICS.names, (method, metric, len(xs), mean, std)):
             rows[key].append(value)
     return pa.Table.from_pydict(rows, schema=METRICS)
@@ -106,8 +105,8 @@ def summarize(evaluation: pa.Table) -> pa.Table:
 
 def format_metrics(metrics: pa.Table) -> str:
     """A plain-text table: a row per method, a column per metric (mean ± std)."""
-    methods = list(dict.fromkeys(metrics.column("method").to_pylist()))
-    names = list(dict.fromkeys(metrics.column("metric").to_pylist()))
+    methods = ordered(metrics.column("method").to_pylist())
+    names = ordered(metrics.column("metric").to_pylist())
     cell = {(r["method"], r["metric"]): f"{r['mean']:.4f} ± {r['std']:.4f}" for r in metrics.to_pylist()}
     header = ["method"] + names
     body = [[m] + [cell.get((m, n), "-") for n in names] for m in methods]

@@ -108,11 +108,11 @@ def head_to_head(evaluation: pa.Table, focus: str, tie_tolerance: float) -> list
         score[(row["method"], row["dataset"], row["prompt_id"])] = dict(row["scores"])
     methods = ordered(evaluation.column("method").to_pylist())
     prompts = ordered([(d, p) for m, d, p in score if m == focus])
+    metrics = ordered([k for (m, _, _), s in score.items() if m == focus for k in s])
     out = []
     for other in methods:
         if other == focus:
             continue
-        metrics = ordered([k for (m, d, p), s in score.items() if m == focus for k in s])
         for metric in metrics:
             counts = {"win": 0, "tie": 0, "loss": 0}
             for dataset, pid in prompts:
