@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from semdpo_core.config import PipelineConfig, load_config
-from semdpo_core.evaluate import format_metrics, summarize
+from semdpo_core.evaluate import METRIC_COLUMNS, format_metrics, summarize
 from semdpo_core.plan import STAGES, USES_DISTANCE, USES_FIDELITY, USES_REFERENCE, flat_refs, plan_pipeline
 from semdpo_core.schemas import EVALUATION, REPORT_SCORES
 from tasks.candidates import candidates as candidates_task
@@ -117,7 +117,7 @@ def publish_metrics(store: Any, plan: dict[str, Any]) -> None:
     """The evaluation table as a markdown artifact (stable key `semdpo-metrics`)."""
     from prefect.artifacts import create_markdown_artifact
 
-    evaluation = store.read_table(plan["evaluate"], EVALUATION)
+    evaluation = store.read_table(plan["evaluate"], EVALUATION, columns=METRIC_COLUMNS)
     create_markdown_artifact(
         key="semdpo-metrics",
         markdown=f"# Sem-DPO evaluation\n\nEvery image is scored against the original prompt "
@@ -179,6 +179,6 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
     logger.info("run record: %s", where)
     if stage not in (None, "evaluate", "report"):
         return f"stage {stage} done: {plan[stage] if not isinstance(plan[stage], dict) else list(plan[stage].values())}"
-    table = format_metrics(summarize(store.read_table(plan["evaluate"], EVALUATION)))
+    table = format_metrics(summarize(store.read_table(plan["evaluate"], EVALUATION, columns=METRIC_COLUMNS)))
     logger.info("evaluation (image vs original prompt, mean ± std):\n%s", table)
     return table

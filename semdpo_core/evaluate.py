@@ -89,6 +89,9 @@ def evaluation_rows(
     )
 
 
+METRIC_COLUMNS = ["method", "scores"]  # the evaluation columns `summarize` reads: no images
+
+
 def summarize(evaluation: pa.Table) -> pa.Table:
     """METRICS: mean and standard deviation of every score per method, methods in table order."""
     values: dict[tuple[str, str], list[float]] = {}

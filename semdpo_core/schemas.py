@@ -145,6 +145,16 @@ class SchemaError(ValueError):
     """A table whose columns do not match the stage's schema."""
 
 
+def select_fields(schema: pa.Schema, columns: list[str] | None) -> pa.Schema:
+    """The part of `schema` that `columns` names (all of it for None), in the order given."""
+    if columns is None:
+        return schema
+    unknown = [c for c in columns if c not in schema.names]
+    if unknown:
+        raise SchemaError(f"no column(s) {', '.join(unknown)} in this dataset; it has {schema.names}")
+    return pa.schema([schema.field(c) for c in columns])
+
+
 def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     """Return `table` with exactly `schema`'s columns and types, or raise naming `where` and the column."""
     missing = [f.name for f in schema if f.name not in table.column_names]

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semdpo_core.backends import Backend, KeyMissing, LocalBackend, digests, open_backend
-from semdpo_core.schemas import SCHEMA_VERSION, conform
+from semdpo_core.schemas import SCHEMA_VERSION, conform, select_fields
 
 MANIFEST = "_manifest.json"
 
@@ -117,10 +117,22 @@ class ArtifactStore:
                 self.backend.delete(f"{ref.prefix}/_shards/{name}.json")
 
     # -- reading -----------------------------------------------------------------------------
-    def read_table(self, ref: DatasetRef, schema: pa.Schema) -> pa.Table:
-        """All parts of a committed dataset, each checked against its checksum and the schema."""
+    def read_table(self, ref: DatasetRef, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+        """All parts of a committed dataset, each checked against its checksum and the schema;
+        `columns` decodes only those (the evaluation's scores without its images)."""
         manifest = self.manifest(ref)
+        schema = select_fields(schema, columns)
         tables = [self._read_part(ref, part, schema) for part in manifest["parts"]]
+        return pa.concat_tables(tables) if tables else schema.empty_table()
+
+    def read_rows(self, ref: DatasetRef, schema: pa.Schema, start: int, count: int) -> pa.Table:
+        """Rows [start, start + count) of a committed dataset, reading only the parts that hold them."""
+        tables, offset = [], 0
+        for part in self.manifest(ref)["parts"]:
+            first, last = max(start, offset), min(start + count, offset + part["rows"])
+            if first < last:
+                tables.append(self._read_part(ref, part, schema).slice(first - offset, last - first))
+            offset += part["rows"]
         return pa.concat_tables(tables) if tables else schema.empty_table()
 
     def read_part(self, ref: DatasetRef, index: int, schema: pa.Schema) -> pa.Table:
@@ -138,7 +150,8 @@ class ArtifactStore:
                 f"{self.backend.describe(key)}: checksum does not match the manifest; rerun the pipeline to recompute it"
             )
         try:
-            table = pq.read_table(io.BytesIO(data))
+            parquet = pq.ParquetFile(io.BytesIO(data))
+            table = parquet.read(columns=[c for c in schema.names if c in parquet.schema_arrow.names])
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptArtifact(f"{self.backend.describe(key)}: not a readable Parquet file ({e})") from None
         return conform(table, schema, self.backend.describe(key))

@@ -17,8 +17,9 @@ def num_shards(config: PipelineConfig, pairs: DatasetRef) -> int:
     return max(1, -(-open_store(config).manifest(pairs)["rows"] // config.shard_size))
 
 
-def pairs_shard(config: PipelineConfig, pairs: DatasetRef, shard: int):
-    return open_store(config).read_table(pairs, PAIRS).slice(shard * config.shard_size, config.shard_size)
+def pairs_shard(config: PipelineConfig, pairs: DatasetRef, shard: int) -> pa.Table:
+    """Shard `shard`'s pairs: rows [shard * shard_size, (shard + 1) * shard_size) of the pairs table."""
+    return open_store(config).read_rows(pairs, PAIRS, shard * config.shard_size, config.shard_size)
 
 
 def weigh_shard(config: PipelineConfig, shard: int, pairs: DatasetRef) -> pa.Table:

@@ -55,6 +55,22 @@ def test_round_trip_and_manifest(store):
     assert store.invalid_entries(REF) == []
 
 
+def test_rows_and_columns_are_read_from_only_the_parts_and_columns_asked_for(store):
+    store.write_dataset(REF, PAIRS, [pairs_table(2), pairs_table(3, 2), pairs_table(2, 5)])
+    assert store.read_rows(REF, PAIRS, 1, 3).column("prompt_id").to_pylist() == ["p1", "p2", "p3"]
+    assert store.read_rows(REF, PAIRS, 6, 10).column("prompt_id").to_pylist() == ["p6"]
+    assert store.read_rows(REF, PAIRS, 9, 2).num_rows == 0
+    damage(store, "pairs/f00/part-00000.parquet")  # rows 2..6 live in the other parts: not read, not refused
+    assert store.read_rows(REF, PAIRS, 2, 5).column("prompt_id").to_pylist() == ["p2", "p3", "p4", "p5", "p6"]
+    with pytest.raises(CorruptArtifact, match="part-00000"):
+        store.read_rows(REF, PAIRS, 1, 2)
+    store.write_dataset(DatasetRef("pairs", "f01"), PAIRS, [pairs_table(2)])
+    ids = store.read_table(DatasetRef("pairs", "f01"), PAIRS, columns=["chosen_reward", "prompt_id"])
+    assert ids.column_names == ["chosen_reward", "prompt_id"] and ids.column("prompt_id").to_pylist() == ["p0", "p1"]
+    with pytest.raises(SchemaError, match="no column.* image"):
+        store.read_table(DatasetRef("pairs", "f01"), PAIRS, columns=["prompt_id", "image"])
+
+
 def test_shards_commit_one_by_one_and_the_manifest_last(store):
     store.write_part(REF, 0, pairs_table(2), PAIRS)
     store.write_part(REF, 2, pairs_table(2, 4), PAIRS)
