@@ -144,12 +144,12 @@ def bench_render(size: str, device: torch.device, dtype: torch.dtype, n: int, ba
     return row
 
 
-def bench_scorer(kind: str, size: str, device: torch.device, dtype: torch.dtype, n: int, batch: int) -> dict:
+def bench_scorer(kind: str, size: str, device: torch.device, n: int, batch: int) -> dict:
     from PIL import Image
 
     from semdpo_core import profiles
 
-    scorer = profiles.scorer(kind, size, device, dtype)
+    scorer = profiles.scorer(kind, size, device)  # in the stage's own dtype
     images = [Image.new("RGB", (512, 512), (i * 37 % 256, 90, 160)) for i in range(n)]
     prompts = demo_prompts(n)
 
@@ -226,7 +226,7 @@ def main() -> None:
         "render": bench_render(args.size, device, dtype, args.items, args.batch_size, steps, px, args.compile),
     }
     for kind in ("image_reward", "hpsv2", "pickscore"):
-        rows[kind] = bench_scorer(kind, args.size, device, dtype, args.items, args.batch_size)
+        rows[kind] = bench_scorer(kind, args.size, device, args.items, args.batch_size)
     rows["train"] = bench_train(args.size, device, dtype, steps=4 if full else 3)
     hours = projection(rows)
     print(f"\nprojected 50k-prompt run ({CANDIDATES} candidates per prompt) on {name}: {hours['total']:.2f} GPU-hours")

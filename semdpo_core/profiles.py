@@ -2,9 +2,10 @@
 
 Timing does not depend on weight values, so the paper's models at their real sizes, built from
 their configs with random weights, give honest speed and memory figures where no checkpoint
-can be downloaded. Every builder makes the model directly on the target device and dtype
-(nothing is written to disk); `size="tiny"` returns the offline default's tiny model instead,
-so the same benchmark runs on a CPU.
+can be downloaded. Every builder makes the model directly on the target device (nothing is
+written to disk); scorers go through their own constructors, so they run in their stage's
+dtype. `size="tiny"` returns the offline default's tiny model instead, so the same benchmark
+runs on a CPU.
 """
 
 from __future__ import annotations
@@ -85,70 +86,61 @@ def rewriter(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, 
     return model.eval(), tokenizer
 
 
-def scorer(kind: str, size: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """A scorer of `kind` (image_reward, hpsv2, pickscore) at full size with random weights, or tiny."""
+def scorer(kind: str, size: str, device: torch.device) -> Any:
+    """A scorer of `kind` (image_reward, hpsv2, pickscore) at full size with random weights, or
+    tiny; built through the scorer's own constructor, so it runs in the stage's dtype."""
     from semdpo_core.config import EvaluateConfig
     from semdpo_core.scorers import load_scorer
 
     if size == "tiny":  # the offline default's evaluation scorers
         tiny = {s.kind: s for s in EvaluateConfig().scorers.values()}
         return load_scorer(tiny[kind], device)
-    if kind == "image_reward":
-        return _full_image_reward(device, dtype)
-    if kind == "hpsv2":
-        return _full_open_clip("ViT-H-14", device, dtype)
-    if kind == "pickscore":
-        return _full_pickscore(device, dtype)
-    raise ValueError(f"no full-size profile for scorer {kind!r}")
+    builders = {"image_reward": _full_image_reward, "hpsv2": _full_hpsv2, "pickscore": _full_pickscore}
+    if kind not in builders:
+        raise ValueError(f"no full-size profile for scorer {kind!r}; one of {sorted(builders)}")
+    return builders[kind](device)
 
 
-def _full_image_reward(device: torch.device, dtype: torch.dtype) -> Any:
+def _full_image_reward(device: torch.device) -> Any:
     """ImageReward's real shape: BLIP ViT-L/16 at 224, BERT-base with cross-attention, MLP head."""
     from transformers import BlipTextConfig, BlipVisionConfig
 
-    from semdpo_core.scorers.image_reward import ImageRewardModel, ImageRewardScorer, blip_tokenizer, preprocess
+    from semdpo_core.scorers.image_reward import ImageRewardModel, ImageRewardScorer, blip_tokenizer
 
     vision = BlipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                               image_size=224, patch_size=16, layer_norm_eps=1e-6)
     text = BlipTextConfig(vocab_size=30524, hidden_size=768, encoder_hidden_size=1024, intermediate_size=3072,
                           num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=512, is_decoder=True,
                           bos_token_id=None, eos_token_id=None, sep_token_id=None)
-    scorer = ImageRewardScorer.__new__(ImageRewardScorer)
-    with torch.device(device):
-        scorer.model = ImageRewardModel(vision, text).to(dtype).eval()
-    scorer.model.head.float()
-    scorer.tokenizer = blip_tokenizer(_tiny_dir("image_reward") + "/tokenizer")
-    scorer.transform, scorer.device = preprocess(224), device
-    return scorer
+    tokenizer = blip_tokenizer(_tiny_dir("image_reward") + "/tokenizer")
+    with torch.device(device):  # built where it runs: no full-size copy on the CPU first
+        model = ImageRewardModel(vision, text)
+    return ImageRewardScorer(model, tokenizer, device)
 
 
-def _full_open_clip(architecture: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """An open_clip scorer (HPSv2.1 is ViT-H-14) with random weights and HPS's transform."""
+def _full_hpsv2(device: torch.device) -> Any:
+    """HPSv2.1's shape: open_clip ViT-H-14 with random weights and HPS's transform."""
     import open_clip
 
-    from semdpo_core.scorers.hps import OpenClipScorer, hps_transform
+    from semdpo_core.scorers.hps import HPS_ARCHITECTURE, OpenClipScorer, hps_transform, visual_size
 
-    scorer = OpenClipScorer.__new__(OpenClipScorer)
     with torch.device(device):
-        scorer.model = open_clip.create_model(architecture, device=device).to(dtype).eval()
-    scorer.tokenizer, scorer.transform, scorer.device = open_clip.get_tokenizer(architecture), hps_transform(224), device
-    return scorer
+        model = open_clip.create_model(HPS_ARCHITECTURE, device=device)
+    return OpenClipScorer(model, hps_transform(visual_size(model)), open_clip.get_tokenizer(HPS_ARCHITECTURE), device)
 
 
-def _full_pickscore(device: torch.device, dtype: torch.dtype) -> Any:
+def _full_pickscore(device: torch.device) -> Any:
     """PickScore's real shape: transformers CLIPModel ViT-H/14, with the tiny CLIP processor's rules."""
     from transformers import AutoProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from semdpo_core.scorers.clip import ClipScorer
 
-    scorer = ClipScorer.__new__(ClipScorer)
-    with torch.device(device):
-        scorer.model = CLIPModel(CLIPConfig(**CLIP_H14)).to(dtype).eval()
     tiny = AutoProcessor.from_pretrained(_tiny_dir("pickscore"))
     image_processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
-    scorer.processor = CLIPProcessor(image_processor=image_processor, tokenizer=tiny.tokenizer)
-    scorer.device, scorer.scale_by_logit = device, True
-    return scorer
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tiny.tokenizer)
+    with torch.device(device):
+        model = CLIPModel(CLIPConfig(**CLIP_H14))
+    return ClipScorer(model, processor, device, scale_by_logit=True)
 
 
 def _tiny_dir(name: str) -> str:

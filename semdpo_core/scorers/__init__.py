@@ -37,22 +37,22 @@ def load_scorer(config: ScorerConfig, device: torch.device) -> Scorer:
     if config.kind in ("clip", "pickscore"):
         from semdpo_core.scorers.clip import ClipScorer
 
-        return ClipScorer(config.model, config.processor, device, scale_by_logit=config.kind == "pickscore")
+        return ClipScorer.load(config.model, config.processor, device, scale_by_logit=config.kind == "pickscore")
     if config.kind == "image_reward":
         from semdpo_core.scorers.image_reward import ImageRewardScorer
 
-        return ImageRewardScorer(config.model, config.processor, device)
+        return ImageRewardScorer.load(config.model, config.processor, device)
     if config.kind == "blip_itm":
         from semdpo_core.scorers.blip_itm import BlipItmScorer
 
-        return BlipItmScorer(config.model, config.processor, device)
+        return BlipItmScorer.load(config.model, config.processor, device)
     from semdpo_core.scorers.hps import OpenClipScorer
 
     if config.kind == "hpsv2":
         return OpenClipScorer.hpsv2(config.model, config.architecture, device)
     if config.architecture is None:
         raise ValueError("an open_clip scorer needs `architecture` (an open_clip model name such as ViT-L-14)")
-    return OpenClipScorer(config.architecture, config.model, device)
+    return OpenClipScorer.load(config.architecture, config.model, device)
 
 
 def decode_png(data: bytes) -> Image.Image:

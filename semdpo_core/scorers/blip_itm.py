@@ -27,13 +27,19 @@ def blip_transform(size: int) -> Any:
 class BlipItmScorer:
     """P(match) from BLIP's ITM head: softmax of its two logits, the "match" one."""
 
-    def __init__(self, model_ref: str, tokenizer_ref: str | None, device: torch.device):
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device):
+        self.model = model.to(device, inference_dtype(device)).eval()
+        self.tokenizer = tokenizer
+        self.transform = blip_transform(model.config.vision_config.image_size)
+        self.device = device
+
+    @classmethod
+    def load(cls, model_ref: str, tokenizer_ref: str | None, device: torch.device) -> BlipItmScorer:
+        """A BlipForImageTextRetrieval and its tokenizer from ids or local paths."""
         from transformers import AutoTokenizer, BlipForImageTextRetrieval
 
-        self.model = pretrained(BlipForImageTextRetrieval, model_ref, dtype=inference_dtype(device)).to(device).eval()
-        self.tokenizer = pretrained(AutoTokenizer, tokenizer_ref or model_ref)
-        self.transform = blip_transform(self.model.config.vision_config.image_size)
-        self.device = device
+        model = pretrained(BlipForImageTextRetrieval, model_ref, dtype=inference_dtype(device))
+        return cls(model, pretrained(AutoTokenizer, tokenizer_ref or model_ref), device)
 
     @torch.no_grad()
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:

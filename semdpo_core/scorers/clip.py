@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from PIL import Image
 
@@ -17,13 +19,19 @@ from semdpo_core.models import inference_dtype, pretrained
 class ClipScorer:
     """CLIP-family scorer; `scale_by_logit` gives PickScore's logit_scale * cosine."""
 
-    def __init__(self, model_ref: str, processor_ref: str | None, device: torch.device, scale_by_logit: bool):
-        from transformers import AutoProcessor, CLIPModel
-
-        self.model = pretrained(CLIPModel, model_ref, dtype=inference_dtype(device)).to(device).eval()
-        self.processor = pretrained(AutoProcessor, processor_ref or model_ref)
+    def __init__(self, model: Any, processor: Any, device: torch.device, scale_by_logit: bool):
+        self.model = model.to(device, inference_dtype(device)).eval()
+        self.processor = processor
         self.device = device
         self.scale_by_logit = scale_by_logit
+
+    @classmethod
+    def load(cls, model_ref: str, processor_ref: str | None, device: torch.device, scale_by_logit: bool) -> ClipScorer:
+        """A CLIPModel and its processor from ids or local paths (`processor_ref` None: the model's)."""
+        from transformers import AutoProcessor, CLIPModel
+
+        model = pretrained(CLIPModel, model_ref, dtype=inference_dtype(device))
+        return cls(model, pretrained(AutoProcessor, processor_ref or model_ref), device, scale_by_logit)
 
     @torch.no_grad()
     def embed(self, images: list[Image.Image] | None = None, texts: list[str] | None = None) -> torch.Tensor:

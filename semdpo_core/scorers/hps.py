@@ -61,23 +61,31 @@ def load_open_clip(architecture: str, weights: str | None) -> tuple[Any, Any, An
     return model.eval(), transform, open_clip.get_tokenizer(architecture)
 
 
+def visual_size(model: Any) -> int:
+    """The square input size of an open_clip model's image tower."""
+    size = model.visual.image_size
+    return size[0] if isinstance(size, (tuple, list)) else size
+
+
 class OpenClipScorer:
     """Cosine of normalised open_clip image and text features (HPSv2.1's score)."""
 
-    def __init__(self, architecture: str, weights: str | None, device: torch.device):
-        self.model, self.transform, self.tokenizer = load_open_clip(architecture, weights)
-        self.model = self.model.to(device, inference_dtype(device))
-        self.device = device
+    def __init__(self, model: Any, transform: Any, tokenizer: Any, device: torch.device):
+        self.model = model.to(device, inference_dtype(device)).eval()
+        self.transform, self.tokenizer, self.device = transform, tokenizer, device
+
+    @classmethod
+    def load(cls, architecture: str, weights: str | None, device: torch.device) -> OpenClipScorer:
+        """An open_clip architecture with its weights (a pretrained tag or a file) and its own transform."""
+        return cls(*load_open_clip(architecture, weights), device)
 
     @classmethod
     def hpsv2(cls, model_ref: str, architecture: str | None, device: torch.device) -> OpenClipScorer:
         """HPSv2.1: the official checkpoint file (a path, a folder, or `xswu/HPSv2` in the HF cache)."""
         checkpoint = model_file(model_ref, HPS_CHECKPOINT)
         register_configs(Path(resolve(model_ref)))
-        scorer = cls(architecture or HPS_ARCHITECTURE, str(checkpoint), device)
-        image_size = scorer.model.visual.image_size
-        scorer.transform = hps_transform(image_size[0] if isinstance(image_size, tuple) else image_size)
-        return scorer
+        model, _, tokenizer = load_open_clip(architecture or HPS_ARCHITECTURE, str(checkpoint))
+        return cls(model, hps_transform(visual_size(model)), tokenizer, device)
 
     @torch.no_grad()
     def embed(self, images: list[Image.Image] | None = None, texts: list[str] | None = None) -> torch.Tensor:

@@ -162,22 +162,28 @@ def preprocess(size: int) -> Any:
 class ImageRewardScorer:
     """ImageReward scores of images against prompts (higher is better, about N(0, 1) on its data)."""
 
-    def __init__(self, model_ref: str, tokenizer_ref: str | None, device: torch.device):
+    def __init__(self, model: ImageRewardModel, tokenizer: Any, device: torch.device):
+        self.model = model.to(device, inference_dtype(device)).eval()
+        self.model.head.float()  # the original runs its head on float features
+        self.tokenizer = tokenizer
+        self.transform = preprocess(model.vision.config.image_size)
+        self.device = device
+
+    @classmethod
+    def load(cls, model_ref: str, tokenizer_ref: str | None, device: torch.device) -> ImageRewardScorer:
+        """The official `ImageReward.pt` + `med_config.json` and BERT's tokenizer with BLIP's two tokens."""
         model_dir = Path(resolve(model_ref))
         if tokenizer_ref is None:  # a `tokenizer/` folder beside the checkpoint, else BERT's from the HF cache
             tokenizer_ref = str(model_dir / "tokenizer") if (model_dir / "tokenizer").is_dir() else "bert-base-uncased"
         model = ImageRewardModel.from_official(model_file(model_ref, CHECKPOINT), model_file(model_ref, MED_CONFIG))
-        self.tokenizer = blip_tokenizer(tokenizer_ref)
-        if len(self.tokenizer) != model.text.config.vocab_size:  # BERT's 30522 + 2 for the official model
+        tokenizer = blip_tokenizer(tokenizer_ref)
+        if len(tokenizer) != model.text.config.vocab_size:  # BERT's 30522 + 2 for the official model
             raise ModelNotFound(
-                f"tokenizer {tokenizer_ref!r} has {len(self.tokenizer)} tokens with BLIP's two added, but "
+                f"tokenizer {tokenizer_ref!r} has {len(tokenizer)} tokens with BLIP's two added, but "
                 f"{model_ref!r} has {model.text.config.vocab_size}: give the BERT tokenizer the model was trained "
                 "with (bert-base-uncased for the official ImageReward) as the scorer's `processor`"
             )
-        self.model = model.to(device, inference_dtype(device))
-        self.model.head.float()  # the original runs its head on float features
-        self.transform = preprocess(model.vision.config.image_size)
-        self.device = device
+        return cls(model, tokenizer, device)
 
     @torch.no_grad()
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
