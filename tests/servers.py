@@ -1,4 +1,5 @@
-"""Local servers for tests: moto's S3-compatible server, and a TCP proxy that can be cut."""
+"""Local servers for tests: moto's S3-compatible server, a TCP proxy that can be cut, and
+reading task states back from a Prefect API server."""
 
 from __future__ import annotations
 
@@ -101,3 +102,19 @@ class Proxy:
         finally:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
+
+
+def final_task_states(flow_run_filter, api_url: str | None = None, settle_s: float = 60.0) -> list[str]:
+    """Sorted state names of the task runs of the flow runs `flow_run_filter` selects, on the
+    current Prefect API or `api_url`. Prefect 3 records task states through events, after the
+    flow returns: wait (up to `settle_s`) until every one is final."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + settle_s
+    with temporary_settings(updates={PREFECT_API_URL: api_url} if api_url else {}), get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=flow_run_filter)
+            if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                return sorted(r.state.name if r.state else "None" for r in runs)
+            time.sleep(0.5)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.servers import free_port
+from tests.servers import final_task_states, free_port
 from tests.small import SMALL
 
 pytestmark = pytest.mark.slow
@@ -49,21 +49,9 @@ def prefect_api(tmp_path):
 
 
 def task_states(flow_run_name: str, env: dict) -> list[str]:
-    code = (
-        "from prefect.client.orchestration import get_client\n"
-        "from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName\n"
-        "import time\n"
-        "deadline = time.monotonic() + 60\n"  # task states arrive through events: wait for them to settle
-        "with get_client(sync_client=True) as c:\n"
-        "    while True:\n"
-        f"        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[{flow_run_name!r}])))\n"
-        "        if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:\n"
-        "            break\n"
-        "        time.sleep(0.5)\n"
-        "    print(' '.join(sorted(r.state.name if r.state else 'None' for r in runs)))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    return out.stdout.split()
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    return final_task_states(FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])), api_url=env["PREFECT_API_URL"])
 
 
 def flow_run_name(output: str) -> str:

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from semdpo_core.config import load_config
 from semdpo_core.plan import flat_refs, plan_pipeline
 from semdpo_core.schemas import EVALUATION, PAIRS
 from semdpo_core.store import ArtifactStore
+from tests.servers import final_task_states
 from tests.small import SMALL
 
 pytestmark = pytest.mark.slow
@@ -31,18 +31,10 @@ def manifests(config_path: Path, overrides=()) -> dict[str, dict]:
     return {label: store.manifest(ref) for label, ref in flat_refs(plan_pipeline(config))}
 
 
-def task_states(flow_run_id, settle_s: float = 60.0) -> list[str]:
-    """Final task-run states of a flow run; Prefect 3 records task states through events, so wait for them to settle."""
-    from prefect.client.orchestration import get_client
+def task_states(flow_run_id) -> list[str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    deadline = time.monotonic() + settle_s
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
-                return sorted(r.state.name if r.state else "None" for r in runs)
-            time.sleep(0.5)
+    return final_task_states(FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
 
 def test_pipeline_runs_reruns_and_reproduces(tmp_path, prefect_server):
