@@ -132,7 +132,7 @@ def bench_render(size: str, device: torch.device, dtype: torch.dtype, n: int, ba
                  generator=torch.Generator("cpu").manual_seed(seed))
 
     base = compare("render (plain)", "images", n, baseline, None, device)
-    optimize_for_inference(pipe, compile_unet)  # on CUDA: channels_last, SDPA (+ torch.compile)
+    optimize_for_inference(pipe, compile_unet)  # on CUDA: channels_last, fused-QKV SDPA (+ torch.compile)
 
     def ours() -> None:
         render_images(pipe, prompts, seeds, num_inference_steps=steps, guidance_scale=7.5, height=px, width=px,

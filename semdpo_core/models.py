@@ -137,11 +137,20 @@ def load_diffusion(ref: str, device: torch.device, compile_unet: bool = False) -
 
 
 def optimize_for_inference(pipe: Any, compile_unet: bool = False) -> Any:
-    """The CUDA fast path of a diffusers pipeline: channels_last UNet and VAE (faster convolutions
-    with fp16 tensor cores), PyTorch SDPA attention and, if asked, a compiled UNet; on CPU the
-    pipeline is left as it is."""
-    if pipe.device.type != "cuda":
-        return pipe
+    """The fast path on CUDA (`diffusion_fast_path`); on CPU the pipeline is left as it is."""
+    return diffusion_fast_path(pipe, compile_unet) if pipe.device.type == "cuda" else pipe
+
+
+def diffusion_fast_path(pipe: Any, compile_unet: bool = False) -> Any:
+    """Faster, same images: channels_last UNet and VAE (fp16 tensor-core convolutions), PyTorch
+    SDPA attention with fused QKV projections (one matmul instead of three), and, if asked, a
+    compiled UNet (diffusers' "accelerate inference" recipe)."""
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    pipe.fuse_qkv_projections()  # UNet and VAE; sets FusedAttnProcessor2_0, SDPA with fused weights
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+    return pipe
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     pipe.unet.to(memory_format=torch.channels_last)

@@ -44,3 +44,25 @@ def test_offline_semantic_encoder_is_real_minilm():
     assert torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
     # real weights: paraphrases are closer than unrelated prompts
     assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.3
+
+
+def test_the_cuda_fast_path_renders_the_same_images():
+    """channels_last, fused-QKV SDPA attention: faster on a GPU, the same images (run here on CPU)."""
+    import numpy as np
+
+    from semdpo_core.models import diffusion_fast_path
+    from semdpo_core.render import render_images
+    from semdpo_core.scorers import decode_png
+
+    prompts, seeds = ["a red fox in snow", "a lighthouse at dusk"], [3, 4]
+    settings = dict(num_inference_steps=2, guidance_scale=7.5, height=64, width=64, batch_size=2)
+    plain = render_images(load_diffusion("tiny:stable-diffusion", CPU), prompts, seeds, **settings)
+    pipe = diffusion_fast_path(load_diffusion("tiny:stable-diffusion", CPU))
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"FusedAttnProcessor2_0"}
+    assert {type(p).__name__ for p in pipe.vae.attn_processors.values()} == {"FusedAttnProcessor2_0"}
+    fast = render_images(pipe, prompts, seeds, **settings)
+    for a, b in zip(plain, fast):
+        a, b = np.asarray(decode_png(a), dtype=int), np.asarray(decode_png(b), dtype=int)
+        assert a.std() > 5  # real pictures, not a blank that would match anything
+        assert np.abs(a - b).max() <= 1
