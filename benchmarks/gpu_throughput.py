@@ -14,8 +14,10 @@ Stages and baselines (the same model, inputs and device in both columns):
 `--size full` (default on CUDA) uses the paper's models at real size with random weights
 (semdpo_core/profiles.py: SD v1.4 at 512x512 with DDIM 20 steps, Qwen1.5-1.8B, ViT-L/H scorers);
 `--size tiny` (default on CPU) the offline default's tiny models, so CI can check this runs.
-The projection of the 50k-prompt run (two candidates per prompt) divides each stage's work by
-its measured rate; it is only meaningful for `--size full` on the GPU the run will use.
+The projection of the whole run that `--config` describes (default configs/paper.yaml: 50k
+prompts, two candidates each, every method of train.methods trained and evaluated on the test
+sets) divides each stage's work by its measured rate; it is only meaningful for `--size full`
+on the GPU the run will use.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-RUN_PROMPTS, CANDIDATES, TEST_PROMPTS, EVAL_METHODS = 50_000, 2, 600, 8  # the paper's run
+PAPER_CONFIG = ROOT / "configs" / "paper.yaml"
+CANDIDATES = 2  # rewrites per prompt when timing candidate generation (the paper's setting)
 
 
 def demo_prompts(n: int) -> list[str]:
@@ -187,19 +190,41 @@ def bench_train(size: str, device: torch.device, dtype: torch.dtype, steps: int)
     return row
 
 
-def projection(rows: dict[str, dict]) -> dict[str, float]:
-    """GPU-hours of the 50k-prompt run from the measured rates (candidates: 2 per prompt)."""
+def run_work(config: Any) -> dict[str, float]:
+    """How much each stage of the run `config` describes has to do (items in each stage's unit)."""
+    from semdpo_core.plan import USES_FIDELITY, USES_REFERENCE, evaluated_labels, train_runs
+
+    runs = train_runs(config.train)
+    evaluated = evaluated_labels(config, runs)
+    prompts = config.data.max_train_prompts
+    images = prompts * config.candidates.num_candidates
+    test = config.data.max_test_prompts * len(config.data.test_prompts)
+    return {
+        "candidates": images, "render": images + test * len(evaluated), "label": images,
+        "fidelity": images if any(r.method in USES_FIDELITY for r in runs) else 0,
+        "reference": prompts if any(r.method in USES_REFERENCE for r in runs) else 0,  # at most one pair per prompt
+        "train": prompts * len(runs) * config.train.epochs,
+        "evaluate_rewrites": test * len([m for m in evaluated if m != "human"]),
+        "evaluate_images": test * len(evaluated),
+    }
+
+
+def projection(rows: dict[str, dict], config: Any) -> dict[str, float]:
+    """GPU-hours of each stage of the run `config` describes, from the measured rates. The CLIP
+    scorers (fidelity, CLIP score) are costed at PickScore's rate (ViT-H, larger than CLIP ViT-L);
+    not counted: SFT (its size is the SFT file's) and the text-only weigh stage."""
     rate = {name: row["ours_per_s"] for name, row in rows.items()}
-    images = RUN_PROMPTS * CANDIDATES
-    eval_images = TEST_PROMPTS * EVAL_METHODS
+    work = run_work(config)
+    scorer_rate = {"image_reward": rate["image_reward"], "hpsv2": rate["hpsv2"]}
+    per_image = sum(1 / scorer_rate.get(s.kind, rate["pickscore"]) for s in config.evaluate.scorers.values())
     seconds = {
-        "candidates": images / rate["candidates"],
-        "render": (images + eval_images) / rate["render"],
-        "label": images / rate["image_reward"],
-        "reference": RUN_PROMPTS / (3 * rate["train"]),  # two forward passes without backward ~ 1/3 of a step
-        "train": RUN_PROMPTS / rate["train"] * 6,  # DPO and five baselines, one epoch each
-        "evaluate": eval_images * (1 / rate["image_reward"] + 1 / rate["hpsv2"] + 1 / rate["pickscore"])
-        + TEST_PROMPTS * EVAL_METHODS / rate["candidates"],
+        "candidates": work["candidates"] / rate["candidates"],
+        "render": work["render"] / rate["render"],
+        "label": work["label"] / rate["image_reward"],
+        "fidelity": work["fidelity"] / rate["pickscore"],
+        "reference": work["reference"] / (3 * rate["train"]),  # forward passes without backward ~ 1/3 of a step
+        "train": work["train"] / rate["train"],
+        "evaluate": work["evaluate_images"] * per_image + work["evaluate_rewrites"] / rate["candidates"],
     }
     hours = {k: v / 3600 for k, v in seconds.items()}
     hours["total"] = sum(hours.values())
@@ -213,6 +238,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=32 if cuda else 8, help="prompts/images per measurement")
     parser.add_argument("--batch-size", type=int, default=16 if cuda else 4)
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (render.compile)")
+    parser.add_argument("--config", type=Path, default=PAPER_CONFIG, help="the run to project (default: the paper's)")
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
@@ -228,14 +254,19 @@ def main() -> None:
     for kind in ("image_reward", "hpsv2", "pickscore"):
         rows[kind] = bench_scorer(kind, args.size, device, args.items, args.batch_size)
     rows["train"] = bench_train(args.size, device, dtype, steps=4 if full else 3)
-    hours = projection(rows)
-    print(f"\nprojected 50k-prompt run ({CANDIDATES} candidates per prompt) on {name}: {hours['total']:.2f} GPU-hours")
+    from semdpo_core.config import load_config
+
+    run = load_config(args.config)
+    hours = projection(rows, run)
+    print(f"\nprojected run {run.name!r} ({run.data.max_train_prompts} prompts, {run.candidates.num_candidates} "
+          f"candidates per prompt, {len(run.train.methods)} methods) on {name}: {hours['total']:.2f} GPU-hours")
     print("  " + ", ".join(f"{k} {v:.2f} h" for k, v in hours.items() if k != "total"))
     if not full:
         print("  (tiny models: the projection says nothing about the real run; use --size full on the GPU)")
     if args.json:
         args.json.write_text(json.dumps({"device": name, "size": args.size, "items": args.items,
-                                         "batch_size": args.batch_size, "stages": rows, "projection_hours": hours},
+                                         "batch_size": args.batch_size, "stages": rows, "projected_run": str(args.config),
+                                         "projection_hours": hours},
                                         indent=2))
 
 

@@ -1,4 +1,5 @@
-"""The benchmarks keep running (their numbers are read by people, never asserted)."""
+"""The benchmarks keep running (their measurements are read by people, never asserted), and the
+GPU-hours projection counts the work of every stage of the run it projects."""
 
 import json
 import os
@@ -40,4 +41,26 @@ def test_gpu_throughput_benchmark_runs_on_cpu_with_tiny_models(tmp_path):
         if name != "train":
             assert row["ratio"] > 0 and row["baseline_per_s"] > 0, name
     assert report["projection_hours"]["total"] > 0
-    assert "ratio" in result.stdout and "projected 50k-prompt run" in result.stdout
+    assert "ratio" in result.stdout and "projected run 'paper' (50000 prompts, 2 candidates per prompt" in result.stdout
+
+
+def test_the_run_projection_counts_every_stage_of_the_paper_config():
+    """The GPU-hours projection: each stage's work in the paper's config, divided by its rate."""
+    import importlib.util
+
+    from semdpo_core.config import load_config
+
+    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rates = {"candidates": 2, "render": 4, "image_reward": 5, "hpsv2": 8, "pickscore": 10, "train": 20}
+    hours = bench.projection({k: {"ours_per_s": r} for k, r in rates.items()}, load_config(ROOT / "configs/paper.yaml"))
+    # 50k prompts x 2 candidates; 8 methods; 3 test sets x 200 prompts x 10 evaluated (human, SFT, 8 methods)
+    expected_s = {
+        "candidates": 100_000 / 2, "render": (100_000 + 6_000) / 4, "label": 100_000 / 5,
+        "fidelity": 100_000 / 10,  # the additive baseline's CLIP score per candidate, at PickScore's rate
+        "reference": 50_000 / 60, "train": 8 * 50_000 / 20,
+        "evaluate": 6_000 * (1 / 10 + 1 / 8 + 1 / 10 + 1 / 5) + 5_400 / 2,  # CLIP, HPS, Pick, ImageReward; 9 rewriters
+    }
+    assert {k: v * 3600 for k, v in hours.items() if k != "total"} == pytest.approx(expected_s)
+    assert hours["total"] == pytest.approx(sum(expected_s.values()) / 3600)
