@@ -238,14 +238,35 @@ def test_blip_itm_matches_blips_own_modules(tmp_path):
     assert all(0 < p < 1 for p in ours)
 
 
-@pytest.mark.parametrize("config", [
+TINY_SCORERS = [
+    ScorerConfig(kind="clip", model="tiny:clip"),
     ScorerConfig(kind="image_reward", model="tiny:image_reward"),
     ScorerConfig(kind="hpsv2", model="tiny:hpsv2", architecture="semdpo-tiny-vit"),
     ScorerConfig(kind="pickscore", model="tiny:pickscore"),
     ScorerConfig(kind="blip_itm", model="tiny:blip_itm"),
-], ids=lambda c: c.kind)
+]
+
+
+@pytest.mark.parametrize("config", TINY_SCORERS, ids=lambda c: c.kind)
 def test_tiny_scorers_tell_images_apart(config):
     """The offline default labels pairs by these scores: one prompt, different images, clearly
     different scores (not float noise, which would make chosen/rejected arbitrary)."""
     scores = load_scorer(config, CPU).score(images(), [PROMPTS[0]] * 3)
     assert max(scores) - min(scores) > 1e-3, scores
+
+
+@pytest.mark.parametrize("config", TINY_SCORERS, ids=lambda c: c.kind)
+def test_scorers_in_the_cuda_dtype_agree_with_float32(config):
+    """On CUDA the scorers run in fp16 (the dtype casts only a GPU would exercise): run that path
+    here on CPU and compare with float32."""
+    from semdpo_core.scorers import blip_itm, clip, hps, image_reward
+
+    reference = load_scorer(config, CPU).score(images(), PROMPTS)
+    half = lambda device: torch.float16  # noqa: E731
+    with mock.patch.multiple(clip, inference_dtype=half), mock.patch.multiple(hps, inference_dtype=half), \
+            mock.patch.multiple(image_reward, inference_dtype=half), mock.patch.multiple(blip_itm, inference_dtype=half):
+        scorer = load_scorer(config, CPU)
+        scores = scorer.score(images(), PROMPTS)
+    assert next(scorer.model.parameters()).dtype == torch.float16
+    assert all(isinstance(s, float) for s in scores)
+    np.testing.assert_allclose(scores, reference, rtol=0.02, atol=2e-3)
