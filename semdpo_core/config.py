@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # training arithmetic (semdpo_core.train.mixed_precision)
+PRECISION_HELP = "auto: bf16/fp16 on CUDA, fp32 on CPU; bf16/fp16 by name on any device"
 
 class Section(BaseModel):
     """A config section: unknown keys are an error, not silently ignored."""
@@ -51,6 +53,7 @@ class SFTConfig(Section):
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(96, ge=8)
+    precision: Precision = Field("auto", description=PRECISION_HELP)
 
 
 class CandidatesConfig(Section):
@@ -162,7 +165,7 @@ class TrainConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    precision: Precision = Field("auto", description=PRECISION_HELP)
     epochs: int = Field(2, ge=1)
     max_length: int = Field(96, ge=8)
     checkpoint_every: int = Field(4, ge=0, description="optimizer steps between resumable checkpoints; 0: none")

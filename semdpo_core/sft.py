@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from semdpo_core.rewriter import completion_nll, encode_pairs
+from semdpo_core.train import mixed_precision
 
 log = logging.getLogger("semdpo.sft")
 
@@ -25,11 +26,13 @@ def train_sft(
     batch_size: int,
     max_length: int,
     seed: int,
+    precision: str = "auto",
 ) -> list[dict[str, float]]:
-    """Fit the rewriter to the pairs in place; returns the per-step loss log."""
+    """Fit the rewriter to the pairs in place (mixed precision on CUDA); returns the per-step loss log."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    autocast, scaler = mixed_precision(next(model.parameters()).device, precision)
     order = list(range(len(originals)))
     steps_per_epoch = (len(order) + batch_size - 1) // batch_size
     history: list[dict[str, float]] = []
@@ -40,11 +43,18 @@ def train_sft(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = encode_pairs(tokenizer, [originals[i] for i in idx], [rewrites[i] for i in idx], max_length)
-            loss = completion_nll(model, batch)
+            with autocast:
+                loss = completion_nll(model, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:  # fp16: unscaled gradients for the clip, then a step that skips overflows
+                scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             history.append({"step": len(history), "loss": loss.item()})
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")

@@ -109,12 +109,13 @@ def warmup_then_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int
 
 
 def mixed_precision(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler | None]:
-    """bf16 autocast on CUDA where supported (fp16 with loss scaling otherwise); fp32 on CPU."""
-    if device.type != "cuda" or precision == "fp32":
+    """auto: bf16 autocast on CUDA where supported (fp16 with loss scaling otherwise), fp32 on
+    CPU; bf16 or fp16 asked for by name run on either device."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext(), None
     use_bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
     dtype = torch.bfloat16 if use_bf16 else torch.float16
-    return torch.autocast("cuda", dtype=dtype), (None if use_bf16 else torch.amp.GradScaler("cuda"))
+    return torch.autocast(device.type, dtype=dtype), (None if use_bf16 else torch.amp.GradScaler(device.type))
 
 
 class PairLoss:

@@ -21,7 +21,7 @@ def sft(config: PipelineConfig, ref: DatasetRef) -> DatasetRef:
     history = train_sft(
         model, tokenizer, [r.fields["original"] for r in records], [r.fields["rewrite"] for r in records],
         epochs=s.epochs, learning_rate=s.learning_rate, batch_size=s.batch_size, max_length=s.max_length,
-        seed=config.seed,
+        seed=config.seed, precision=s.precision,
     )
     return open_store(config).write_dataset(
         ref, SFT_LOG, pa.Table.from_pylist(history, schema=SFT_LOG),

@@ -123,3 +123,32 @@ def test_one_concatenated_forward_gives_each_sets_log_probs():
             torch.testing.assert_close(together[name][0], logps, atol=1e-5, rtol=0)
             assert torch.equal(together[name][1], tokens)
     assert not torch.allclose(together["chosen"][0], together["rejected"][0])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_follows_float32(precision, reference):
+    """The GPU's autocast paths (bf16; fp16 with loss scaling), run here on CPU: the same losses as
+    float32 to mixed-precision rounding, and the policy moves."""
+    settings = SETTINGS.model_copy(update={"checkpoint_every": 0})
+    _, fp32 = train("sem_dpo", reference, settings, dropout=False)
+    policy, mixed = train("sem_dpo", reference, settings.model_copy(update={"precision": precision}), dropout=False)
+    losses, expected = [h["loss"] for h in mixed], [h["loss"] for h in fp32]
+    assert losses != expected  # autocast really ran in reduced precision
+    assert losses == pytest.approx(expected, rel=0.05, abs=1e-3)
+    start, _ = load_rewriter("tiny:rewriter", CPU)
+    assert any(not torch.equal(a, b) for a, b in zip(policy.parameters(), start.parameters()))
+
+
+def test_sft_in_mixed_precision_follows_float32():
+    """SFT's autocast path (bf16, the GPU default) run on CPU: the float32 losses, to rounding."""
+    from semdpo_core.sft import train_sft
+
+    def losses(precision: str) -> list[float]:
+        model, tokenizer = load_rewriter("tiny:rewriter", CPU)
+        history = train_sft(model, tokenizer, DATA.prompts, DATA.chosen, epochs=1, learning_rate=1e-3, batch_size=4,
+                            max_length=64, seed=3, precision=precision)
+        return [h["loss"] for h in history]
+
+    fp32, bf16 = losses("fp32"), losses("bf16")
+    assert len(fp32) == 3 and fp32[-1] < fp32[0]
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.03)
