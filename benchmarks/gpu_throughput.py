@@ -93,11 +93,12 @@ def compare(name: str, unit: str, items: int, ours: Callable[[], Any], baseline:
     return row
 
 
-def bench_candidates(size: str, device: torch.device, dtype: torch.dtype, n: int, batch: int, new_tokens: int) -> dict:
+def bench_candidates(size: str, device: torch.device, n: int, batch: int, new_tokens: int) -> dict:
     from semdpo_core import profiles
+    from semdpo_core.models import generation_dtype
     from semdpo_core.rewriter import generate
 
-    model, tokenizer = profiles.rewriter(size, device, dtype)
+    model, tokenizer = profiles.rewriter(size, device, generation_dtype(device))  # the candidates stage's dtype
     prompts = demo_prompts(n)
     settings = dict(num_return_sequences=CANDIDATES, do_sample=True, top_p=0.9, max_new_tokens=new_tokens)
 
@@ -248,7 +249,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"semdpo GPU-stage throughput on {name}, {args.size} models, {args.items} items, batch {args.batch_size}")
     rows = {
-        "candidates": bench_candidates(args.size, device, dtype, args.items, args.batch_size, new_tokens),
+        "candidates": bench_candidates(args.size, device, args.items, args.batch_size, new_tokens),
         "render": bench_render(args.size, device, dtype, args.items, args.batch_size, steps, px, args.compile),
     }
     for kind in ("image_reward", "hpsv2", "pickscore"):

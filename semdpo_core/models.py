@@ -101,12 +101,22 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def load_rewriter(ref: str, device: torch.device) -> tuple[Any, Any]:
-    """A causal LM and its tokenizer; the tokenizer is checked to be the real one."""
+def generation_dtype(device: torch.device) -> torch.dtype:
+    """The rewriter's dtype for sampling: bf16 on CUDA where supported (fp16 otherwise), half the
+    weight bytes read per token; fp32 on CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_rewriter(ref: str, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """A causal LM in `dtype` and its tokenizer, checked to be the real one. fp32 by default, for
+    training: transformers 5 would load the checkpoint's own dtype (bf16 for Qwen1.5), in which
+    a 5e-6 learning-rate update rounds away; autocast gives the speed instead."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = pretrained(AutoTokenizer, ref)
-    model = pretrained(AutoModelForCausalLM, ref).to(device)
+    model = pretrained(AutoModelForCausalLM, ref, dtype=dtype).to(device)
     check_vocab(tokenizer, model.config.vocab_size, ref)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

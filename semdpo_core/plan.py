@@ -92,7 +92,8 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
     weigh = fingerprint("weigh", {**config.weigh.model_dump(), **shards}, [pairs])
     runs = train_runs(config.train)
     needs_reference = any(run.method in USES_REFERENCE for run in runs)
-    reference = fingerprint("reference", {"max_length": config.train.max_length, **shards}, [sft, pairs])
+    reference_settings = {"max_length": config.train.max_length, "precision": config.train.precision}
+    reference = fingerprint("reference", {**reference_settings, **shards}, [sft, pairs])
     train = {}
     for run in runs:
         inputs = [sft, weigh if run.method in USES_DISTANCE else pairs]

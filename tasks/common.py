@@ -201,12 +201,14 @@ def inference_model(kind: str, ref: str, device: str, compile_unet: bool = False
     """A model for inference, loaded once per worker process and shared by its shards."""
     import torch
 
-    from semdpo_core.models import load_diffusion, load_rewriter
+    from semdpo_core.models import generation_dtype, load_diffusion, load_rewriter
     from semdpo_core.scorers import load_scorer
     from semdpo_core.weigh import SemanticEncoder
 
     dev = torch.device(device)
-    if kind == "rewriter":
+    if kind == "rewriter":  # sampling rewrites: half precision on CUDA
+        return load_rewriter(ref, dev, generation_dtype(dev))
+    if kind == "reference":  # log-probs: fp32 weights under the training's autocast, as the policy computes them
         return load_rewriter(ref, dev)
     if kind == "diffusion":
         return load_diffusion(ref, dev, compile_unet=compile_unet)

@@ -9,7 +9,7 @@ from semdpo_core.config import PipelineConfig
 from semdpo_core.models import resolve_device
 from semdpo_core.schemas import REFERENCE
 from semdpo_core.store import DatasetRef
-from semdpo_core.train import PreferenceData, reference_logps
+from semdpo_core.train import PreferenceData, mixed_precision, reference_logps
 from tasks.common import ShardedStage, checkpoint_dir, inference_model
 from tasks.weigh import pairs_shard
 
@@ -21,8 +21,11 @@ def reference_shard(config: PipelineConfig, shard: int, sft: DatasetRef, pairs: 
         table.column("prompt").to_pylist(), table.column("chosen").to_pylist(), table.column("rejected").to_pylist(),
         [0.0] * table.num_rows,
     )
-    model, tokenizer = inference_model("rewriter", checkpoint_dir(config, sft), str(resolve_device(config.device)))
-    ref = reference_logps(model, tokenizer, data, config.train.batch_size, config.train.max_length)
+    device = resolve_device(config.device)
+    model, tokenizer = inference_model("reference", checkpoint_dir(config, sft), str(device))
+    autocast, _ = mixed_precision(device, config.train.precision)
+    with autocast:
+        ref = reference_logps(model, tokenizer, data, config.train.batch_size, config.train.max_length)
     return pa.table(
         {
             "prompt_id": table.column("prompt_id"),

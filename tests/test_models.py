@@ -19,6 +19,23 @@ def test_tiny_rewriter_and_diffusion_load_with_full_tokenizers():
     assert pipe.vae_scale_factor == 8
 
 
+def test_a_half_precision_checkpoint_trains_in_float32_and_samples_in_the_asked_dtype(tmp_path):
+    """Qwen's checkpoints are bf16 and transformers 5 loads a checkpoint's own dtype: training
+    must get float32 weights (a 5e-6 update rounds away in bf16); sampling may ask for half."""
+    from semdpo_core.rewriter import generate
+
+    model, tokenizer = load_rewriter("tiny:rewriter", CPU)
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    trained, _ = load_rewriter(str(tmp_path), CPU)
+    assert {p.dtype for p in trained.parameters()} == {torch.float32}
+    sampler, tokenizer = load_rewriter(str(tmp_path), CPU, torch.bfloat16)
+    assert {p.dtype for p in sampler.parameters()} == {torch.bfloat16}
+    rewrites = generate(sampler, tokenizer, ["a red fox", "a quiet lake"], num_return_sequences=2, do_sample=True,
+                        max_new_tokens=6)
+    assert [len(r) for r in rewrites] == [2, 2] and all(isinstance(t, str) for r in rewrites for t in r)
+
+
 def test_almost_empty_tokenizer_is_refused():
     class Empty:
         def __len__(self):
