@@ -161,12 +161,3 @@ def diffusion_fast_path(pipe: Any, compile_unet: bool = False) -> Any:
     if compile_unet:
         pipe.unet = torch.compile(pipe.unet, fullgraph=True)
     return pipe
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    pipe.unet.to(memory_format=torch.channels_last)
-    pipe.vae.to(memory_format=torch.channels_last)
-    pipe.unet.set_attn_processor(AttnProcessor2_0())
-    pipe.vae.set_attn_processor(AttnProcessor2_0())
-    if compile_unet:
-        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
-    return pipe
