@@ -7,7 +7,6 @@ whatever the store already holds.
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from semdpo_core.plan import STAGES, USES_DISTANCE, USES_FIDELITY, USES_REFERENC
 from semdpo_core.schemas import EVALUATION, REPORT_SCORES
 from tasks.candidates import candidates as candidates_task
 from tasks.candidates import num_shards as candidates_shards
-from tasks.common import open_store
+from tasks.common import artifact_key, open_store
 from tasks.evaluate import evaluate as evaluate_task
 from tasks.label import fidelity as fidelity_task
 from tasks.label import label as label_task
@@ -144,8 +143,8 @@ def publish_report(store: Any, ref: Any) -> None:
         create_table_artifact(key="semdpo-report-drift", table=tables["drift"]["methods"],
                               description=f"Proposition 2, eps = {tables['drift']['epsilon']:.4f}")
     for name in store.manifest(ref)["meta"].get("plots", []):
-        key = "semdpo-plot-" + re.sub(r"[^a-z0-9]+", "-", name.removesuffix(".png").lower()).strip("-")
-        create_link_artifact(key=key, link=store.file_url(ref, f"plots/{name}"), link_text=name)
+        create_link_artifact(key=artifact_key("plot-" + name.removesuffix(".png")), link=store.file_url(ref, f"plots/{name}"),
+                             link_text=name)
 
 
 @flow(name="semdpo-pipeline")
