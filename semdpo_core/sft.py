@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from semdpo_core.rewriter import completion_nll, encode_pairs
-from semdpo_core.train import mixed_precision
+from semdpo_core.train import mixed_precision, optimizer_step
 
 log = logging.getLogger("semdpo.sft")
 
@@ -47,14 +47,7 @@ def train_sft(
                 loss = completion_nll(model, batch)
             optimizer.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:  # fp16: unscaled gradients for the clip, then a step that skips overflows
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optimizer_step(optimizer, scaler, max_grad_norm=1.0)
             history.append({"step": len(history), "loss": loss.item()})
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")

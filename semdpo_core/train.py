@@ -118,6 +118,19 @@ def mixed_precision(device: torch.device, precision: str) -> tuple[contextlib.Ab
     return torch.autocast(device.type, dtype=dtype), (None if use_bf16 else torch.amp.GradScaler(device.type))
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, max_grad_norm: float) -> None:
+    """Clip the gradients and step; with fp16 loss scaling, unscale first and skip overflowed steps."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    if scaler:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 class PairLoss:
     """The per-pair loss of one method, with its settings and state (beta-DPO's moving averages)."""
 
@@ -263,15 +276,8 @@ def train_preference(
                 stats["margin"].append(margin.detach().double().cpu())
                 stats["weight"].append(weights.detach().double().cpu())
                 stats["beta"] = beta
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), s.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optimizer_step(optimizer, scaler, s.max_grad_norm)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             margin, weight = torch.cat(stats["margin"]), torch.cat(stats["weight"])
