@@ -168,12 +168,12 @@ def bench_scorer(kind: str, size: str, device: torch.device, n: int, batch: int)
     return compare(kind, "images", n, ours, baseline, device)
 
 
-def bench_train(size: str, device: torch.device, dtype: torch.dtype, steps: int) -> dict:
+def bench_train(size: str, device: torch.device, steps: int) -> dict:
     from semdpo_core import profiles
     from semdpo_core.config import TrainConfig
     from semdpo_core.train import PreferenceData, reference_logps, train_preference
 
-    policy, tokenizer = profiles.rewriter(size, device, torch.float32 if device.type == "cpu" else torch.bfloat16)
+    policy, tokenizer = profiles.rewriter(size, device, torch.float32)  # as the train stage: fp32 weights, autocast
     n = 8 * steps
     prompts = demo_prompts(n)
     data = PreferenceData(prompts, [p + ", highly detailed, sharp focus" for p in prompts],
@@ -254,7 +254,7 @@ def main() -> None:
     }
     for kind in ("image_reward", "hpsv2", "pickscore"):
         rows[kind] = bench_scorer(kind, args.size, device, args.items, args.batch_size)
-    rows["train"] = bench_train(args.size, device, dtype, steps=4 if full else 3)
+    rows["train"] = bench_train(args.size, device, steps=4 if full else 3)
     from semdpo_core.config import load_config
 
     run = load_config(args.config)
