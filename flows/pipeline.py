@@ -51,10 +51,11 @@ def check_upstream(store: Any, plan: dict[str, Any], stage: str) -> None:
         )
 
 
-def run_stages(config: PipelineConfig, plan: dict[str, Any], until: str | None = None) -> None:
+def run_stages(config: PipelineConfig, plan: dict[str, Any], until: str | None = None) -> str | None:
     """Each stage in order, through `until` (default: all), passing only store references between
     them. Sharded stages run one task per shard: candidates shard the training prompts, render,
-    label and fidelity follow the candidates' shards, weigh and reference shard the pairs."""
+    label and fidelity follow the candidates' shards, weigh and reference shard the pairs.
+    Returns the metrics table once the evaluation has run, else None."""
     reached = lambda stage: stage == until  # noqa: E731
     prompts = prompts_task(config, plan["prompts"])
     if reached("prompts"):
@@ -105,24 +106,27 @@ def run_stages(config: PipelineConfig, plan: dict[str, Any], until: str | None =
         config, plan["evaluate"], len(plan["evaluated"]), prompts=prompts, methods=plan["evaluated"],
         checkpoints={"sft": sft, **trained},
     )
-    publish_metrics(open_store(config), plan)
+    metrics = publish_metrics(open_store(config), plan)
     if reached("evaluate"):
-        return
+        return metrics
     report_task(config, plan["report"], evaluation=evaluation)
     publish_report(open_store(config), plan["report"])
+    return metrics
 
 
-def publish_metrics(store: Any, plan: dict[str, Any]) -> None:
-    """The evaluation table as a markdown artifact (stable key `semdpo-metrics`)."""
+def publish_metrics(store: Any, plan: dict[str, Any]) -> str:
+    """The evaluation table as a markdown artifact (stable key `semdpo-metrics`); returns the table."""
     from prefect.artifacts import create_markdown_artifact
 
     evaluation = store.read_table(plan["evaluate"], EVALUATION, columns=METRIC_COLUMNS)
+    table = format_metrics(summarize(evaluation))
     create_markdown_artifact(
         key="semdpo-metrics",
         markdown=f"# Sem-DPO evaluation\n\nEvery image is scored against the original prompt "
-        f"({evaluation.num_rows} images).\n\n```\n{format_metrics(summarize(evaluation))}\n```\n",
+        f"({evaluation.num_rows} images).\n\n```\n{table}\n```\n",
         description="mean score per method and metric",
     )
+    return table
 
 
 def publish_report(store: Any, ref: Any) -> None:
@@ -166,7 +170,7 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
         config.name, config.store_root(), sum(before.values()), len(before),
     )
     started = time.perf_counter()
-    run_stages(config, plan, until=stage)
+    table = run_stages(config, plan, until=stage)
     elapsed = time.perf_counter() - started
     through = STAGES if stage is None else STAGES[: STAGES.index(stage) + 1]
     ran = [(label, ref) for label, ref in flat_refs(plan) if label.split(":")[0] in through]
@@ -178,6 +182,5 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
     logger.info("run record: %s", where)
     if stage not in (None, "evaluate", "report"):
         return f"stage {stage} done: {plan[stage] if not isinstance(plan[stage], dict) else list(plan[stage].values())}"
-    table = format_metrics(summarize(store.read_table(plan["evaluate"], EVALUATION, columns=METRIC_COLUMNS)))
     logger.info("evaluation (image vs original prompt, mean ± std):\n%s", table)
     return table
