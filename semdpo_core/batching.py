@@ -53,6 +53,6 @@ def map_in_batches(
 
 
 def release_cached_memory() -> None:
-    """Hand the failed batch's cached blocks back before the smaller retry."""
+    """Hand CUDA's cached blocks back (before a smaller retry, or after freeing models)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -236,8 +236,7 @@ def release_models() -> None:
     inference_model.cache_clear()
     import gc
 
-    import torch
+    from semdpo_core.batching import release_cached_memory
 
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    release_cached_memory()
