@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pyarrow as pa
 
-from semdpo_core.batching import map_in_batches
+from semdpo_core.batching import device_memory, map_in_batches
 from semdpo_core.schemas import PAIRS
 from semdpo_core.scorers import Scorer, decode_png
 
@@ -15,10 +15,10 @@ log = logging.getLogger("semdpo.label")
 
 
 def score_images(scorer: Scorer, images: list[bytes], prompts: list[str], batch_size: int, desc: str = "score") -> list[float]:
-    """The scorer's score of each PNG image against its prompt (batches split on GPU OOM)."""
+    """The scorer's score of each PNG image against its prompt (batches sized to the GPU's free memory)."""
     return map_in_batches(
         lambda batch: scorer.score([decode_png(b) for b in images[batch]], prompts[batch]), len(images), batch_size,
-        desc=desc, unit="image",
+        desc=desc, unit="image", memory=device_memory(scorer.device),
     )
 
 

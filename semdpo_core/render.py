@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from semdpo_core.batching import map_in_batches
+from semdpo_core.batching import device_memory, map_in_batches
 from semdpo_core.scorers import encode_png
 
 log = logging.getLogger("semdpo.render")
@@ -27,7 +27,7 @@ def render_images(
     desc: str = "render",
 ) -> list[bytes]:
     """PNG bytes of one image per (prompt, seed); a seed gives the same image in any batch (up to
-    float rounding), so a batch that does not fit in GPU memory is split (semdpo_core.batching)."""
+    float rounding), so batches are sized to the GPU's free memory (semdpo_core.batching)."""
     generator_device = pipe.device if pipe.device.type == "cuda" else "cpu"
 
     def render_batch(batch: slice) -> list[Future[bytes]]:
@@ -43,6 +43,8 @@ def render_images(
         return [encoder.submit(encode_png, image) for image in out.images]  # while the next batch renders
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png") as encoder:
-        images = [f.result() for f in map_in_batches(render_batch, len(prompts), batch_size, desc=desc, unit="image")]
+        pending = map_in_batches(render_batch, len(prompts), batch_size, desc=desc, unit="image",
+                                 memory=device_memory(pipe.device))
+        images = [f.result() for f in pending]
     log.info("rendered %d images (%dx%d, %d DDIM steps)", len(images), width, height, num_inference_steps)
     return images

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from semdpo_core.batching import map_in_batches
+from semdpo_core.batching import device_memory, fitting_batch_size, map_in_batches
 from semdpo_core.candidates import sample_candidates
 from semdpo_core.models import load_diffusion
 from semdpo_core.render import render_images
@@ -35,6 +35,48 @@ def test_batches_halve_on_out_of_memory_and_keep_order(caplog):
     assert out == [i * i for i in range(11)]
     assert calls == [8, 4, 2, 2, 2, 2, 2, 1]  # probes down once, then keeps the size that fitted
     assert "render: out of GPU memory with a batch of 8; continuing with 4" in caplog.text
+
+
+class FakeGpu:
+    """DeviceMemory of a GPU where an item peaks at `per_item` bytes and `free` bytes are free."""
+
+    def __init__(self, per_item: int, free: int) -> None:
+        self.per_item, self.free, self.started = per_item, free, 0
+
+    def start_peak(self) -> None:
+        self.started += 1
+
+    def peak_bytes(self) -> int:
+        return self.per_item
+
+    def free_bytes(self) -> int:
+        return self.free
+
+
+def test_batches_are_sized_from_one_items_peak_and_the_free_memory(caplog):
+    calls: list[int] = []
+    gpu = FakeGpu(per_item=100, free=350)  # 90% of 350 holds 3 items
+    with caplog.at_level(logging.INFO, logger="semdpo.batching"):
+        out = map_in_batches(fits(8, calls), 11, 8, desc="render", unit="image", memory=gpu)
+    assert out == [i * i for i in range(11)]
+    assert calls == [1, 3, 3, 3, 1] and gpu.started == 1  # measured once, on a real item that is kept
+    assert "render: one image takes" in caplog.text and "batches of 3 (batch_size 8 is the ceiling)" in caplog.text
+
+
+def test_sizing_keeps_the_ceiling_and_halving_still_catches_a_wrong_estimate():
+    calls: list[int] = []
+    map_in_batches(fits(8, calls), 10, 4, desc="score", memory=FakeGpu(per_item=1, free=10**9))
+    assert calls == [1, 4, 4, 1]  # plenty of memory: the configured batch_size caps it
+    calls = []
+    map_in_batches(fits(2, calls), 12, 8, desc="score", memory=FakeGpu(per_item=10, free=100))
+    assert calls == [1, 8, 4, 2, 2, 2, 2, 2, 1]  # the estimate (9 capped at 8) was too high: halved from there
+
+
+def test_fitting_batch_size_bounds():
+    assert fitting_batch_size(per_item_bytes=2**30, free_bytes=40 * 2**30, ceiling=64) == 36
+    assert fitting_batch_size(per_item_bytes=2**30, free_bytes=2**29, ceiling=64) == 1
+    assert fitting_batch_size(per_item_bytes=0, free_bytes=0, ceiling=16) == 16
+    assert device_memory(CPU) is None and device_memory("cpu") is None  # off CUDA memory sets no size
 
 
 def test_out_of_memory_with_one_item_is_a_clear_error():

@@ -29,6 +29,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class Scorer(Protocol):
+    device: torch.device
+
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]: ...
 
 
