@@ -164,43 +164,44 @@ def means_by(scores: pa.Table, dataset: str) -> dict[tuple[str, str], float]:
 
 def scatter_png(scores: pa.Table, dataset: str, x: str, y: str, focus: str | None) -> bytes:
     """One point per method, `x` against `y` mean score (paper Figure 3: upper right is better)."""
-    from matplotlib.figure import Figure
-
     means = means_by(scores, dataset)
     methods = [m for m in ordered(scores.column("method").to_pylist()) if (m, x) in means and (m, y) in means]
-    fig = Figure(figsize=(4.5, 3.6), dpi=120)
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     for method in methods:
         ax.scatter(means[(method, x)], means[(method, y)], s=60 if method == focus else 30,
                    marker="*" if method == focus else "o", zorder=3)
         ax.annotate(method, (means[(method, x)], means[(method, y)]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set(xlabel=x, ylabel=y, title=f"{dataset}: {x} vs {y}")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    return _png(fig, xlabel=x, ylabel=y, title=f"{dataset}: {x} vs {y}")
 
 
 def sweep_png(scores: pa.Table, dataset: str, x: str, y: str) -> bytes:
     """Sem-DPO's alpha sweep: `x` against `y`, a point per alpha, joined in alpha order (Figure 5)."""
-    from matplotlib.figure import Figure
-
     means = means_by(scores, dataset)
     runs = sorted((sweep_alpha(m), m) for m in ordered(scores.column("method").to_pylist()) if sweep_alpha(m) is not None)
     runs = [(a, m) for a, m in runs if (m, x) in means and (m, y) in means]
-    fig = Figure(figsize=(4.5, 3.6), dpi=120)
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     ax.plot([means[(m, x)] for _, m in runs], [means[(m, y)] for _, m in runs], marker="o")
     for alpha, method in runs:
         ax.annotate(f"α={alpha:g}", (means[(method, x)], means[(method, y)]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
-    ax.set(xlabel=x, ylabel=y, title=f"{dataset}: alpha sweep")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    return _png(fig, xlabel=x, ylabel=y, title=f"{dataset}: alpha sweep")
 
 
-def _png(fig: Any) -> bytes:
+def _axes() -> tuple[Any, Any]:
+    """A figure with one set of axes, the size every report plot has."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 3.6), dpi=120)
+    return fig, fig.add_subplot()
+
+
+def _png(fig: Any, **labels: str) -> bytes:
+    """The figure as PNG bytes: its axes labelled, gridded and given four short-numbered ticks."""
     from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     for ax in fig.axes:
+        ax.set(**labels)
+        ax.grid(alpha=0.3)
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_locator(MaxNLocator(4))
             axis.set_major_formatter(FormatStrFormatter("%.4g"))
