@@ -56,10 +56,10 @@ class CudaMemory:
         return torch.cuda.max_memory_allocated(self.device) - self.baseline
 
 
-def device_memory(device: torch.device | str | None) -> DeviceMemory | None:
+def device_memory(device: torch.device | str) -> DeviceMemory | None:
     """The memory meter batch sizing uses on `device`; None off CUDA, where memory sets no batch size."""
-    device = torch.device(device) if device is not None else None
-    return CudaMemory(device) if device is not None and device.type == "cuda" else None
+    device = torch.device(device)
+    return CudaMemory(device) if device.type == "cuda" else None
 
 
 def fitting_batch_size(per_item_bytes: int, free_bytes: int, ceiling: int) -> int:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # training arithmetic (semdpo_core.train.mixed_precision)
 PRECISION_HELP = "auto: bf16/fp16 on CUDA, fp32 on CPU; bf16/fp16 by name on any device"
 
+
 class Section(BaseModel):
     """A config section: unknown keys are an error, not silently ignored."""
 
@@ -74,7 +75,7 @@ class RenderConfig(Section):
     guidance_scale: float = Field(7.5, ge=0)
     height: int = Field(64, ge=8)
     width: int = Field(64, ge=8)
-    batch_size: int = Field(16, ge=1, description="the largest batch; on CUDA out-of-memory it is halved")
+    batch_size: int = Field(16, ge=1, description="the largest batch; on CUDA the free memory sets the size below it")
     compile: bool = Field(False, description="torch.compile the UNet on CUDA (slow first batch, faster after)")
 
 

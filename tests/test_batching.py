@@ -1,5 +1,5 @@
-"""A batch that does not fit in GPU memory is split, with the same results; where splitting would
-change the results (candidate sampling), the error says what to set instead."""
+"""Batches are sized to the GPU's free memory, and one that does not fit is split, with the same
+results; where splitting would change the results (candidate sampling), the error says what to set."""
 
 import logging
 
