@@ -92,7 +92,9 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
     weigh = fingerprint("weigh", {**config.weigh.model_dump(), **shards}, [pairs])
     runs = train_runs(config.train)
     needs_reference = any(run.method in USES_REFERENCE for run in runs)
-    reference_settings = {"max_length": config.train.max_length, "precision": config.train.precision}
+    # the reference task batches the pairs by train.batch_size (padding changes the float sums): hashed too
+    reference_settings = {"max_length": config.train.max_length, "precision": config.train.precision,
+                          "batch_size": config.train.batch_size}
     reference = fingerprint("reference", {**reference_settings, **shards}, [sft, pairs])
     train = {}
     for run in runs:

@@ -71,6 +71,15 @@ def test_orpo_alone_needs_no_reference_stage_and_only_additive_needs_fidelity():
     assert plan["reference"] is not None and plan["fidelity"] is not None
 
 
+def test_every_setting_the_reference_stage_reads_changes_its_fingerprint():
+    """The reference task reads train.batch_size, max_length and precision: each must be hashed, or a
+    changed value would silently reuse log-probs computed under the old one."""
+    base = plan_pipeline(load_config(None))["reference"]
+    for override in ("train.batch_size=4", "train.max_length=64", "train.precision=bf16"):
+        assert plan_pipeline(load_config(None, [override]))["reference"] != base, override
+    assert plan_pipeline(load_config(None, ["train.beta=0.1"]))["reference"] == base  # a setting it does not read
+
+
 def test_evaluating_an_untrained_method_is_an_error():
     with pytest.raises(ConfigError, match=r"evaluate.methods \['dpo'\] are not in train.methods"):
         load_config(None, ["train.methods=[sem_dpo]", "evaluate.methods=[human, dpo]"])
