@@ -19,6 +19,7 @@ from semdpo_core.rewriter import generate
 from semdpo_core.schemas import EVALUATION, METRICS
 from semdpo_core.scorers import decode_png
 from semdpo_core.seeds import derive_seed
+from semdpo_core.weigh import semantic_distances
 
 log = logging.getLogger("semdpo.evaluate")
 
@@ -65,6 +66,7 @@ def evaluation_rows(
     scorers: dict[str, Any],
     drift_encoder: str | None,
     batch_size: int,
+    semantic_distance: list[float],
 ) -> pa.Table:
     """An EVALUATION table for one method: each image scored by every scorer against the original
     prompt, and its drift measured; `test` holds the test prompts' dataset, prompt_id and prompt."""
@@ -84,6 +86,7 @@ def evaluation_rows(
             "image": images,
             "scores": [[(name, scores[name][i]) for name in scorers] for i in range(len(prompts))],
             **{key: drifts.get(key, none) for key in ("prompt_drift", "image_drift", "t2i_error")},
+            "semantic_distance": semantic_distance,
         },
         schema=EVALUATION,
     )
@@ -134,13 +137,15 @@ def evaluate_method(
     rewriter: tuple[Any, Any],
     pipe: Any,
     scorers: dict[str, Any],
+    encoder: Any,
     settings: EvaluateConfig,
     render: RenderConfig,
     seed: int,
 ) -> pa.Table:
     """EVALUATION rows of one method: rewrite (human input keeps the prompt as it is; its
     `rewriter` only counts tokens), render with the shared per-prompt seeds, score every image
-    against the ORIGINAL prompt."""
+    against the ORIGINAL prompt, and measure each rewrite's distance in meaning from the prompt
+    with the weigh stage's frozen text encoder (the drift Sem-DPO is meant to limit)."""
     prompts = test["prompt"]
     model, tokenizer = rewriter
     rewrites = prompts
@@ -152,7 +157,8 @@ def evaluate_method(
         pipe, rewrites, seeds, num_inference_steps=render.num_inference_steps, guidance_scale=render.guidance_scale,
         height=render.height, width=render.width, batch_size=render.batch_size, desc=f"render:{method}",
     )
+    distances = semantic_distances(encoder, prompts, rewrites, settings.batch_size, desc=f"{method}:distance")
     return evaluation_rows(
         method, test, rewrites, token_counts(tokenizer, rewrites), seeds, images, scorers, settings.drift_encoder,
-        settings.batch_size,
+        settings.batch_size, distances,
     )

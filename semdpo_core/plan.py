@@ -108,7 +108,7 @@ def plan_pipeline(config: PipelineConfig) -> dict[str, Any]:
     evaluate = fingerprint(
         "evaluate",
         {"evaluate": config.evaluate.model_dump(), "methods": evaluated, "render": render_settings,
-         "seed": config.seed},
+         "semantic_encoder": config.weigh.encoder, "seed": config.seed},
         [prompts, sft, *[train[label] for label in evaluated if label in train]],
     )
     report = fingerprint(

@@ -115,6 +115,7 @@ EVALUATION = pa.schema(
         ("prompt_drift", pa.float64()),  # ||e(x) - e(y)||: prompt-level drift
         ("image_drift", pa.float64()),  # ||e(x) - E(I(y))||: end-to-end text-to-image drift
         ("t2i_error", pa.float64()),  # ||e(y) - E(I(y))||: the generator's consistency error
+        ("semantic_distance", pa.float64()),  # 1 - cos(e(x), e(y)) with the weigh stage's text encoder: drift in meaning
     ]
 )
 

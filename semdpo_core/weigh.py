@@ -64,10 +64,10 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(a, b, dim=-1)
 
 
-def semantic_distances(encoder: Any, prompts: list[str], chosen: list[str], batch_size: int) -> list[float]:
+def semantic_distances(encoder: Any, prompts: list[str], chosen: list[str], batch_size: int, desc: str = "weigh") -> list[float]:
     """Per pair: the semantic distance d(x, y_w) between the prompt and the chosen rewrite."""
     distances = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="weigh", unit="batch"):
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         stop = start + batch_size
         d = cosine_distance(encoder.encode(prompts[start:stop], batch_size), encoder.encode(chosen[start:stop], batch_size))
         distances.append(d.clamp(min=0.0))

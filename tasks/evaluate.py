@@ -25,7 +25,8 @@ def evaluate_shard(
     rewriter = inference_model("rewriter", checkpoint_dir(config, checkpoints["sft" if method == "human" else method]), device)
     pipe = diffusion_model(config, device)
     scorers = {name: scorer_model(s, device) for name, s in config.evaluate.scorers.items()}
-    return evaluate_method(method, test, rewriter, pipe, scorers, config.evaluate, config.render, config.seed)
+    encoder = inference_model("encoder", config.weigh.encoder, device)
+    return evaluate_method(method, test, rewriter, pipe, scorers, encoder, config.evaluate, config.render, config.seed)
 
 
 evaluate = ShardedStage("evaluate", EVALUATION, evaluate_shard)

@@ -111,3 +111,37 @@ def test_report_files_tables_and_plots():
     assert "| human | 3 | 5.33 | 1.53 | 5.0 | 7 | 6.0 | 4.0 |" in text
     assert "| dpo | pick | 33.3% | 33.3% | 33.3% | 3 |" in text
     assert "[samples.png](file:///r/samples.png)" in text
+
+
+def test_sign_test_and_bootstrap_against_hand_computed_values():
+    from semdpo_core.report import bootstrap_interval, sign_test_p
+
+    assert sign_test_p(9, 1) == pytest.approx(2 * (1 + 10) / 1024)  # P(<= 1 of 10) twice
+    assert sign_test_p(1, 9) == sign_test_p(9, 1)
+    assert sign_test_p(5, 5) == 1.0 and sign_test_p(0, 0) == 1.0
+    assert sign_test_p(20, 0) < 1e-5
+    assert bootstrap_interval([0.5] * 7) == (0.5, 0.5)
+    low, high = bootstrap_interval([0.0, 1.0] * 50)
+    assert low < 0.5 < high and high - low < 0.25
+
+
+def test_paired_tests_compare_each_method_with_sft_and_the_focus_with_dpo():
+    from semdpo_core.report import comparisons_of, meaning_drift, paired_tests
+
+    rows = [(m, "A", f"p{i}", base + 0.01 * i, 0.0, 5, 0.0, 1.0, 1.0) for i in range(10)
+            for m, base in (("sft", 0.20), ("dpo", 0.30), ("sem_dpo", 0.25))]
+    table = evaluation(rows)
+    distance = {"sft": 0.1, "dpo": 0.5, "sem_dpo": 0.2}
+    table = table.set_column(table.schema.get_field_index("semantic_distance"), "semantic_distance",
+                             pa.array([distance[m] for m in table.column("method").to_pylist()], pa.float64()))
+    comparisons = comparisons_of(["human", "sft", "dpo", "sem_dpo"], "sem_dpo")
+    assert comparisons == [("dpo", "sft"), ("sem_dpo", "sft"), ("sem_dpo", "dpo")]
+    tests = {(t["method"], t["baseline"], t["metric"]): t for t in paired_tests(table, comparisons, 1e-6)}
+    clip = tests[("dpo", "sft", "clip")]
+    assert clip["mean_diff"] == pytest.approx(0.10) and (clip["wins"], clip["losses"]) == (10, 0)
+    assert clip["ci_low"] == pytest.approx(0.10) and clip["sign_p"] == pytest.approx(2 / 1024)
+    assert tests[("sem_dpo", "dpo", "clip")]["mean_diff"] == pytest.approx(-0.05)
+    assert tests[("sem_dpo", "dpo", "pick")]["sign_p"] == 1.0  # every prompt tied
+    assert tests[("sem_dpo", "dpo", "semantic_distance")]["mean_diff"] == pytest.approx(-0.3)
+    drift = {d["method"]: d["mean"] for d in meaning_drift(table)}
+    assert drift == pytest.approx(distance)
