@@ -1,8 +1,10 @@
 """The pipeline's configuration: one pydantic model, filled from YAML, overridden from the CLI.
 
-The defaults are the offline profile: tiny random-weight models with the real architectures,
-built on first use, and the real all-MiniLM-L6-v2 for semantic distances. `configs/paper.yaml`
-carries the paper's settings. Every stage reads only its own section; a stage's fingerprint
+The defaults are the offline profile, the synthetic world (`configs/world.yaml` writes them out):
+its prompts, procedural renderer and pixel scorers, a tiny word-level GPT-2 rewriter, and the
+real all-MiniLM-L6-v2 for semantic distances. `configs/tiny.yaml` runs the real architectures
+(diffusers, open_clip, transformers) with tiny random weights; `configs/paper.yaml` carries the
+paper's settings. Every stage reads only its own section; a stage's fingerprint
 hashes that section, so a change to `weigh.alpha` reruns weigh and what follows, nothing else.
 """
 
@@ -26,16 +28,18 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    """Where prompts come from. `demo:NAME` is the built-in demo set; anything else is a file."""
+    """Where prompts come from. `world:NAME` is a dataset of the synthetic world, `demo:NAME` the
+    built-in demo set; anything else is a file."""
 
-    train_prompts: str = "demo:train_prompts"
+    train_prompts: str = "world:train_prompts"
     test_prompts: str | dict[str, str] = Field(
-        "demo:test_prompts", description="one source, or {dataset name: source} to evaluate several datasets"
+        {"captions": "world:captions", "scenes": "world:scenes", "styled": "world:styled"},
+        description="one source, or {dataset name: source} to evaluate several datasets",
     )
-    sft_pairs: str = "demo:sft_pairs"
+    sft_pairs: str = "world:sft_pairs"
     prompt_column: str = "prompt"
-    max_train_prompts: int | None = Field(48, ge=1)
-    max_test_prompts: int | None = Field(16, ge=1, description="per evaluation dataset")
+    max_train_prompts: int | None = Field(512, ge=1)
+    max_test_prompts: int | None = Field(64, ge=1, description="per evaluation dataset")
     max_prompt_tokens: int = Field(48, ge=1, description="longer prompts are reported and skipped")
 
     def test_sets(self) -> dict[str, str]:
@@ -49,12 +53,15 @@ class DataConfig(Section):
 class SFTConfig(Section):
     """Supervised fine-tuning of the base rewriter on (original, rewrite) pairs."""
 
-    base_model: str = "tiny:rewriter"
-    epochs: int = Field(3, ge=1)
+    base_model: str = "tiny:world-rewriter"
+    epochs: int = Field(8, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
     max_length: int = Field(96, ge=8)
     precision: Precision = Field("auto", description=PRECISION_HELP)
+    lr_schedule: Literal["linear", "constant"] = Field("linear", description="linear: 5% warmup, then decay to 0")
+    check_pairs: int = Field(256, ge=0, description="SFT pairs held out of training (at most a tenth) to check the rewrites")
+    check_max_new_tokens: int = Field(32, ge=1, description="the token limit a checked rewrite must stop before")
 
 
 class CandidatesConfig(Section):
@@ -63,26 +70,27 @@ class CandidatesConfig(Section):
     num_candidates: int = Field(4, ge=2)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    max_new_tokens: int = Field(24, ge=1)
-    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1)
 
 
 class RenderConfig(Section):
-    """Stable Diffusion rendering of every candidate (DDIM, seeded per candidate)."""
+    """Stable Diffusion rendering of every candidate (DDIM, seeded per candidate); `world:renderer`
+    is the synthetic world's procedural renderer (steps and guidance do not apply to it)."""
 
-    model: str = "tiny:stable-diffusion"
+    model: str = "world:renderer"
     num_inference_steps: int = Field(4, ge=1)
     guidance_scale: float = Field(7.5, ge=0)
     height: int = Field(64, ge=8)
     width: int = Field(64, ge=8)
-    batch_size: int = Field(16, ge=1, description="the largest batch; on CUDA the free memory sets the size below it")
+    batch_size: int = Field(64, ge=1, description="the largest batch; on CUDA the free memory sets the size below it")
     compile: bool = Field(False, description="torch.compile the UNet on CUDA (slow first batch, faster after)")
 
 
 class ScorerConfig(Section):
     """A scorer of images against prompts; `kind` picks the scoring rule (see semdpo_core.scorers)."""
 
-    kind: Literal["clip", "pickscore", "image_reward", "hpsv2", "open_clip", "blip_itm"]
+    kind: Literal["clip", "pickscore", "image_reward", "hpsv2", "open_clip", "blip_itm", "world"]
     model: str = Field(description="weights: a hub id (local HF cache), a folder, a file, or tiny:NAME")
     processor: str | None = Field(None, description="processor/tokenizer when not beside the weights")
     architecture: str | None = Field(None, description="open_clip model name (hpsv2: ViT-H-14)")
@@ -91,19 +99,19 @@ class ScorerConfig(Section):
 class LabelConfig(Section):
     """The reward model that turns rendered candidates into chosen/rejected pairs."""
 
-    reward_model: ScorerConfig = ScorerConfig(kind="image_reward", model="tiny:image_reward")
-    batch_size: int = Field(32, ge=1)
+    reward_model: ScorerConfig = ScorerConfig(kind="world", model="world:aesthetic")
+    batch_size: int = Field(64, ge=1)
 
 
 class FidelityConfig(Section):
     """A text-fidelity score per rendered candidate, for the additive-reward baseline (paper, App. D).
 
     The paper adds VisionReward's text-fidelity score; VisionReward has no offline build here, so
-    the default is CLIP score of the image against the original prompt. Computed only when
-    `train.methods` has `additive`."""
+    a CLIP score of the image against the original prompt does its job (the world's alignment
+    scorer in the offline default). Computed only when `train.methods` has `additive`."""
 
-    scorer: ScorerConfig = ScorerConfig(kind="clip", model="tiny:clip")
-    batch_size: int = Field(32, ge=1)
+    scorer: ScorerConfig = ScorerConfig(kind="world", model="world:alignment")
+    batch_size: int = Field(64, ge=1)
 
 
 class WeighConfig(Section):
@@ -161,7 +169,7 @@ class TrainConfig(Section):
     methods: list[Method] = list(METHODS)
     beta: float = Field(0.05, gt=0)
     alpha: float | list[float] = Field(4.0, description="Sem-DPO's alpha; a list trains one model per alpha")
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
     batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -169,7 +177,7 @@ class TrainConfig(Section):
     precision: Precision = Field("auto", description=PRECISION_HELP)
     epochs: int = Field(2, ge=1)
     max_length: int = Field(96, ge=8)
-    checkpoint_every: int = Field(4, ge=0, description="optimizer steps between resumable checkpoints; 0: none")
+    checkpoint_every: int = Field(32, ge=0, description="optimizer steps between resumable checkpoints; 0: none")
     kto: KTOConfig = KTOConfig()
     orpo: ORPOConfig = ORPOConfig()
     beta_dpo: BetaDPOConfig = BetaDPOConfig()
@@ -184,16 +192,15 @@ class EvaluateConfig(Section):
     """Rewrite held-out prompts with every method, render with shared seeds, score vs the original."""
 
     methods: list[str] | None = Field(None, description="default: human, sft and every trained method")
-    max_new_tokens: int = Field(24, ge=1)
-    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1)
     scorers: dict[str, ScorerConfig] = {
-        "clip_score": ScorerConfig(kind="clip", model="tiny:clip"),
-        "hps_v21": ScorerConfig(kind="hpsv2", model="tiny:hpsv2", architecture="semdpo-tiny-vit"),
-        "pick_score": ScorerConfig(kind="pickscore", model="tiny:pickscore"),
-        "image_reward": ScorerConfig(kind="image_reward", model="tiny:image_reward"),
+        "alignment": ScorerConfig(kind="world", model="world:alignment"),
+        "aesthetic": ScorerConfig(kind="world", model="world:aesthetic"),
+        "pick": ScorerConfig(kind="world", model="world:pick"),
     }
     drift_encoder: str | None = Field(
-        "clip_score", description="the scorer (kind clip, hpsv2 or open_clip) whose text-image space measures drift"
+        None, description="the scorer (kind clip, hpsv2 or open_clip) whose text-image space measures drift"
     )
 
     @model_validator(mode="after")
@@ -211,8 +218,8 @@ class ReportConfig(Section):
     """The evaluation report: the paper's tables and figures from the evaluate stage's rows."""
 
     focus: str | None = Field(None, description="the method compared head to head; default sem_dpo (first alpha of a sweep)")
-    semantic_metric: str = Field("clip_score", description="x axis of the scatter plots (paper Fig. 3, 5)")
-    preference_metrics: list[str] = Field(["hps_v21", "pick_score"], description="y axes of the scatter plots")
+    semantic_metric: str = Field("alignment", description="x axis of the scatter plots (paper Fig. 3, 5)")
+    preference_metrics: list[str] = Field(["aesthetic", "pick"], description="y axes of the scatter plots")
     average_over: list[str] | None = Field(
         None, description="metrics in the min-max normalised average (paper Tables 5-7); default every scorer"
     )
@@ -242,7 +249,7 @@ class PipelineConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runner: RunnerConfig = RunnerConfig()
     shard_size: int = Field(
-        16, ge=1, description="prompts per shard (candidates, render, label) and pairs per shard (weigh)"
+        128, ge=1, description="prompts per shard (candidates, render, label) and pairs per shard (weigh)"
     )
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()

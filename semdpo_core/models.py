@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from semdpo_core.world.render import WorldRenderer
+
 log = logging.getLogger("semdpo.models")
 
 # Hub ids whose weights a Python package ships: resolved to the package's copy when installed.
@@ -132,8 +134,16 @@ def check_vocab(tokenizer: Any, model_vocab_size: int, ref: str) -> None:
         )
 
 
+WORLD_RENDERER = "world:renderer"
+
+
 def load_diffusion(ref: str, device: torch.device, compile_unet: bool = False) -> Any:
-    """A Stable Diffusion pipeline with the DDIM scheduler, safety checker off, progress bar quiet."""
+    """A Stable Diffusion pipeline with the DDIM scheduler, safety checker off, progress bar quiet;
+    or, for `world:renderer`, the synthetic world's procedural renderer (CPU, no weights)."""
+    if ref.startswith("world:"):
+        if ref != WORLD_RENDERER:
+            raise ModelNotFound(f"unknown world model {ref!r} for render.model; the world's renderer is {WORLD_RENDERER!r}")
+        return WorldRenderer()
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     pipe = pretrained(

@@ -89,11 +89,13 @@ def rewriter(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, 
 def scorer(kind: str, size: str, device: torch.device) -> Any:
     """A scorer of `kind` (image_reward, hpsv2, pickscore) at full size with random weights, or
     tiny; built through the scorer's own constructor, so it runs in the stage's dtype."""
-    from semdpo_core.config import EvaluateConfig
+    from semdpo_core.config import ScorerConfig
     from semdpo_core.scorers import load_scorer
 
-    if size == "tiny":  # the offline default's evaluation scorers
-        tiny = {s.kind: s for s in EvaluateConfig().scorers.values()}
+    if size == "tiny":  # configs/tiny.yaml's evaluation scorers
+        tiny = {"image_reward": ScorerConfig(kind="image_reward", model="tiny:image_reward"),
+                "hpsv2": ScorerConfig(kind="hpsv2", model="tiny:hpsv2", architecture="semdpo-tiny-vit"),
+                "pickscore": ScorerConfig(kind="pickscore", model="tiny:pickscore")}
         return load_scorer(tiny[kind], device)
     builders = {"image_reward": _full_image_reward, "hpsv2": _full_hpsv2, "pickscore": _full_pickscore}
     if kind not in builders:

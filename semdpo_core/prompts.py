@@ -1,4 +1,5 @@
-"""Prompt sources: the built-in demo set and user files (Parquet, CSV, JSONL, plain text).
+"""Prompt sources: the synthetic world's datasets, the built-in demo set and user files (Parquet,
+CSV, JSONL, plain text).
 
 Bad input stops the run before any work starts, with an error that names the file and the line
 or column. Blank prompts are skipped and duplicates dropped, each counted in the log.
@@ -19,6 +20,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from semdpo_core.world.sources import NAMES as WORLD_NAMES
+from semdpo_core.world.sources import PREFIX as WORLD_PREFIX
+from semdpo_core.world.sources import world_source
+
 log = logging.getLogger("semdpo.prompts")
 
 DEMO_SETS = ("train_prompts", "test_prompts", "sft_pairs")
@@ -38,7 +43,14 @@ class Record:
 
 
 def source_bytes(source: str) -> tuple[str, bytes, str]:
-    """The (display name, raw bytes, format) of a source: `demo:NAME` or a file path."""
+    """The (display name, raw bytes, format) of a source: `world:NAME`, `demo:NAME` or a file path."""
+    if source.startswith(WORLD_PREFIX):
+        try:
+            data, fmt = world_source(source.removeprefix(WORLD_PREFIX))
+        except KeyError:
+            raise PromptFileError(f"unknown world dataset {source!r}; choose one of "
+                                  f"{', '.join(WORLD_PREFIX + n for n in WORLD_NAMES)}") from None
+        return source, data, fmt
     if source.startswith("demo:"):
         name = source.removeprefix("demo:")
         if name not in DEMO_SETS:

@@ -1,4 +1,5 @@
-"""Rendering: every prompt through a Stable Diffusion pipeline (DDIM), one seed per image, batched."""
+"""Rendering: every prompt through a Stable Diffusion pipeline (DDIM) or the synthetic world's
+renderer, one seed per image, batched."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from semdpo_core.batching import device_memory, map_in_batches
 from semdpo_core.scorers import encode_png
+from semdpo_core.world.render import WorldRenderer
 
 log = logging.getLogger("semdpo.render")
 
@@ -31,20 +33,24 @@ def render_images(
     generator_device = pipe.device if pipe.device.type == "cuda" else "cpu"
 
     def render_batch(batch: slice) -> list[Future[bytes]]:
-        generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds[batch]]
-        out = pipe(
-            prompts[batch],
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            generator=generators,
-        )
-        return [encoder.submit(encode_png, image) for image in out.images]  # while the next batch renders
+        if isinstance(pipe, WorldRenderer):  # the world draws from the seed itself; steps and guidance mean nothing
+            images = pipe.render(prompts[batch], seeds[batch], height, width)
+        else:
+            generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds[batch]]
+            images = pipe(
+                prompts[batch],
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                generator=generators,
+            ).images
+        return [encoder.submit(encode_png, image) for image in images]  # while the next batch renders
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png") as encoder:
         pending = map_in_batches(render_batch, len(prompts), batch_size, desc=desc, unit="image",
                                  memory=device_memory(pipe.device))
         images = [f.result() for f in pending]
-    log.info("rendered %d images (%dx%d, %d DDIM steps)", len(images), width, height, num_inference_steps)
+    how = "the world's renderer" if isinstance(pipe, WorldRenderer) else f"{num_inference_steps} DDIM steps"
+    log.info("rendered %d images (%dx%d, %s)", len(images), width, height, how)
     return images

@@ -58,8 +58,14 @@ def completion_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return -sequence_logps(model, batch).sum() / batch["completion_mask"][:, 1:].sum().clamp(min=1).to(device)
 
 
+def generate(model: Any, tokenizer: Any, prompts: list[str], **settings: Any) -> list[list[str]]:
+    """Rewrites for a batch of prompts: `num_return_sequences` per prompt, decoded and stripped
+    (the settings of `generate_with_stops`)."""
+    return generate_with_stops(model, tokenizer, prompts, **settings)[0]
+
+
 @torch.no_grad()
-def generate(
+def generate_with_stops(
     model: Any,
     tokenizer: Any,
     prompts: list[str],
@@ -70,8 +76,9 @@ def generate(
     top_p: float = 1.0,
     max_new_tokens: int = 32,
     seed: int = 0,
-) -> list[list[str]]:
-    """Rewrites for a batch of prompts: `num_return_sequences` per prompt, decoded and stripped."""
+) -> tuple[list[list[str]], list[list[bool]]]:
+    """`generate`'s rewrites and, for each, whether the rewriter ended it with EOS (True) or the
+    `max_new_tokens` limit cut it off (False)."""
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     enc = tokenizer([pose(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -87,6 +94,8 @@ def generate(
         eos_token_id=tokenizer.eos_token_id,
         **kwargs,
     )
-    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
-    texts = [" ".join(t.split()) for t in texts]
-    return [texts[i * num_return_sequences : (i + 1) * num_return_sequences] for i in range(len(prompts))]
+    new_tokens = out[:, enc.input_ids.shape[1] :]
+    texts = [" ".join(t.split()) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    stopped = (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()
+    k = num_return_sequences
+    return [texts[i * k : (i + 1) * k] for i in range(len(prompts))], [stopped[i * k : (i + 1) * k] for i in range(len(prompts))]

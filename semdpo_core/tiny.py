@@ -59,6 +59,24 @@ def build_rewriter(path: Path, seed: int) -> None:
     tokenizer.save_pretrained(path)
 
 
+WORLD_REWRITER = dict(n_positions=128, n_embd=128, n_layer=4, n_head=4)  # about 0.8M parameters
+
+
+def build_world_rewriter(path: Path, seed: int) -> None:
+    """A GPT-2 causal LM over the synthetic world's word-level vocabulary (semdpo_core.world.tokenizer):
+    small enough to learn, on a CPU in a minute of SFT, to copy a prompt and append style words."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from semdpo_core.world.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, **WORLD_REWRITER)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 def _clip_tokenizer(path: Path) -> None:
     """CLIP's real BPE vocabulary, taken from open_clip's packaged file, as a transformers tokenizer."""
     import open_clip.tokenizer as oct
@@ -247,6 +265,7 @@ BUILDERS: dict[str, tuple[Callable[[Path, int], None], int]] = {
     "image_reward": (build_image_reward, 5),
     "hpsv2": (build_hpsv2, 6),
     "blip_itm": (build_blip_itm, 7),
+    "world-rewriter": (build_world_rewriter, 8),
 }
 
 

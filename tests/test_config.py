@@ -10,8 +10,17 @@ from semdpo_core.plan import plan_pipeline
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def test_tiny_yaml_is_the_offline_default():
-    assert load_config(CONFIGS / "tiny.yaml") == PipelineConfig() == load_config(None)
+def test_world_yaml_is_the_offline_default():
+    assert load_config(CONFIGS / "world.yaml") == PipelineConfig() == load_config(None)
+    c = load_config(None)
+    assert (c.render.model, c.label.reward_model.model, c.sft.base_model) == ("world:renderer", "world:aesthetic", "tiny:world-rewriter")
+    assert set(c.evaluate.scorers) == {"alignment", "aesthetic", "pick"}  # named for what they are, never CLIP or HPS
+
+
+def test_tiny_yaml_runs_the_real_architectures():
+    c = load_config(CONFIGS / "tiny.yaml")
+    assert (c.render.model, c.sft.base_model, c.label.reward_model.kind) == ("tiny:stable-diffusion", "tiny:rewriter", "image_reward")
+    assert {s.kind for s in c.evaluate.scorers.values()} == {"clip", "hpsv2", "pickscore", "image_reward"}
 
 
 def test_paper_yaml_carries_the_paper_settings():

@@ -17,10 +17,11 @@ from semdpo_core.backends import StoreUnavailable
 from semdpo_core.config import load_config
 from semdpo_core.plan import flat_refs, plan_pipeline
 from semdpo_core.store import ArtifactStore
+from tests.small import TINY_YAML, tiny_profile
 
 pytestmark = pytest.mark.slow
 
-SMALL = {
+SMALL = tiny_profile({
     "shard_size": 2,
     "data": {"max_train_prompts": 12, "max_test_prompts": 3},
     "sft": {"epochs": 1},
@@ -28,7 +29,7 @@ SMALL = {
     "render": {"num_inference_steps": 6},
     "train": {"epochs": 3, "batch_size": 1, "checkpoint_every": 2, "methods": ["dpo", "sem_dpo"]},
     "evaluate": {"max_new_tokens": 12},
-}
+})
 
 
 def write_config(tmp_path: Path, name: str, store: str) -> Path:
@@ -123,13 +124,13 @@ def test_damaged_part_is_recomputed_not_read(tmp_path, prefect_server):
     assert record["sha256"] == before["render"][3]
 
 
-def test_offline_default_pipeline_on_s3(s3_bucket, prefect_server):
+def test_tiny_profile_pipeline_on_s3(s3_bucket, prefect_server):
     from flows.pipeline import pipeline
 
-    table = pipeline(overrides=[f"store={s3_bucket}"])
+    table = pipeline(config_path=str(TINY_YAML), overrides=[f"store={s3_bucket}"])
     methods = ["human", "sft", "dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter", "additive"]
     assert [line.split()[0] for line in table.splitlines()[2:]] == methods
-    config = load_config(None, [f"store={s3_bucket}"])
+    config = load_config(TINY_YAML, [f"store={s3_bucket}"])
     store = ArtifactStore(s3_bucket)
     assert all(store.is_committed(ref) and not store.invalid_entries(ref) for _, ref in flat_refs(plan_pipeline(config)))
     assert store.num_parts(plan_pipeline(config)["render"]) == 3

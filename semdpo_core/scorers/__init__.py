@@ -12,6 +12,7 @@ random-weight build (`tiny:NAME`) for the offline default:
 | hpsv2        | HPS_v2.1_compressed.pt on ViT-H-14      | cosine of normalised open_clip features|
 | open_clip    | any open_clip architecture and weights  | cosine of normalised features          |
 | blip_itm     | BlipForImageTextRetrieval (ITM head)    | P(image matches text)                  |
+| world        | world:alignment, world:aesthetic, world:pick | the synthetic world's pixel rules (semdpo_core.world.scorers) |
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Scorer(Protocol):
 
 def load_scorer(config: ScorerConfig, device: torch.device) -> Scorer:
     """The scorer a config names, on `device`."""
+    if config.kind == "world":
+        return world_scorer(config.model)
     if config.kind in ("clip", "pickscore"):
         from semdpo_core.scorers.clip import ClipScorer
 
@@ -55,6 +58,18 @@ def load_scorer(config: ScorerConfig, device: torch.device) -> Scorer:
     if config.architecture is None:
         raise ValueError("an open_clip scorer needs `architecture` (an open_clip model name such as ViT-L-14)")
     return OpenClipScorer.load(config.architecture, config.model, device)
+
+
+WORLD_SCORERS = ("world:alignment", "world:aesthetic", "world:pick")
+
+
+def world_scorer(model: str) -> Scorer:
+    """The synthetic world's alignment scorer or one of its two preference tastes (CPU, no weights)."""
+    from semdpo_core.world.scorers import AlignmentScorer, PreferenceScorer
+
+    if model not in WORLD_SCORERS:
+        raise ValueError(f"unknown world scorer {model!r}; choose one of {', '.join(WORLD_SCORERS)}")
+    return AlignmentScorer() if model == "world:alignment" else PreferenceScorer(model.removeprefix("world:"))
 
 
 def decode_png(data: bytes) -> Image.Image:
