@@ -47,7 +47,22 @@ def resolve(ref: str) -> str:
             return str(getattr(package, getter)())
         except ImportError:
             pass
-    return ref
+    return cached_snapshot(ref) or ref
+
+
+def cached_snapshot(ref: str) -> str | None:
+    """The local Hugging Face cache's snapshot folder of hub id `ref` (its `refs/main` revision),
+    or None when `ref` is a path or not in the cache. Found first, so that files kept beside a
+    checkpoint (open_clip configs, tokenizer folders) are found for a hub id as for a folder;
+    nothing is downloaded."""
+    if ref.startswith(("/", ".", "~")) or ref.count("/") != 1 or Path(ref).expanduser().exists():
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id=ref, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), not a valid id (HFValidationError), ...
+        return None
 
 
 def pretrained(loader: Any, ref: str, **kwargs: Any) -> Any:

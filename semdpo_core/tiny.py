@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-TINY_VERSION = 5
+TINY_VERSION = 6
 CLIP_MAX_LENGTH = 77
 
 
@@ -146,13 +146,13 @@ def build_clip(path: Path, seed: int) -> None:
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, max_position_embeddings=CLIP_MAX_LENGTH,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=tokenizer.pad_token_id, projection_dim=32,
         ),
         vision_config=dict(
             image_size=64, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2,
+            num_attention_heads=2, projection_dim=32,
         ),
-        projection_dim=32,
+        projection_dim=32,  # the same in all three places, as the released CLIP checkpoints have it
     )
     image_processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
     CLIPModel(config).save_pretrained(path)

@@ -20,6 +20,18 @@ from tqdm.auto import tqdm
 from semdpo_core.models import check_vocab, pretrained, resolve
 
 
+def clip_text_config(config: Any) -> Any:
+    """The text tower's config of a full CLIP checkpoint, with the projection the checkpoint has.
+
+    A full CLIP keeps its projection size at the top level (`projection_dim`); its
+    `text_config.projection_dim` may differ (transformers writes its own default there), and
+    CLIPTextModelWithProjection sizes its projection from the latter, so the text tower of such
+    a checkpoint would not load."""
+    text = config.text_config
+    text.projection_dim = config.projection_dim
+    return text
+
+
 class SemanticEncoder:
     """A frozen text encoder giving L2-normalised embeddings."""
 
@@ -28,8 +40,11 @@ class SemanticEncoder:
 
         config = pretrained(AutoConfig, ref)
         self.is_clip = config.model_type in ("clip", "clip_text_model")
-        loader = CLIPTextModelWithProjection if self.is_clip else AutoModel
-        self.model = pretrained(loader, ref).to(device).eval()
+        if config.model_type == "clip":
+            self.model = pretrained(CLIPTextModelWithProjection, ref, config=clip_text_config(config))
+        else:
+            self.model = pretrained(CLIPTextModelWithProjection if self.is_clip else AutoModel, ref)
+        self.model = self.model.to(device).eval()
         self.tokenizer = pretrained(AutoTokenizer, ref)
         check_vocab(self.tokenizer, self.model.config.vocab_size, ref)
         self.device = device

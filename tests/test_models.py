@@ -1,5 +1,7 @@
 """Tiny models load back through the libraries' own from_pretrained with their real vocabularies."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -63,6 +65,35 @@ def test_offline_semantic_encoder_is_real_minilm():
     assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.3
 
 
+def test_semantic_encoder_loads_a_full_clip_with_the_projection_the_checkpoint_has(tmp_path):
+    """The paper's weigh encoder is a CLIP text tower taken from a full CLIP checkpoint; one saved
+    with text_config.projection_dim != projection_dim (as transformers writes it) must load and
+    embed exactly as CLIPModel.get_text_features does (issue 15)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from semdpo_core.models import resolve
+
+    tokenizer = CLIPTokenizer.from_pretrained(resolve("tiny:clip"))
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, projection_dim=512, eos_token_id=tokenizer.eos_token_id),
+        vision_config=dict(image_size=32, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2),
+        projection_dim=24,
+    )
+    CLIPModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert CLIPConfig.from_pretrained(tmp_path).text_config.projection_dim != 24  # the case that failed
+    texts = ["a desert city at noon", "a red fox in a snowy field"]
+    e = SemanticEncoder(str(tmp_path), CPU).encode(texts)
+    with torch.no_grad():
+        reference = CLIPModel.from_pretrained(tmp_path).eval().get_text_features(**tokenizer(texts, padding=True, return_tensors="pt"))
+    reference = getattr(reference, "pooler_output", reference)  # transformers 5 may return an output object
+    assert e.shape == (2, 24)
+    assert torch.allclose(e, torch.nn.functional.normalize(reference, dim=-1), atol=1e-6)
+
+
 def test_the_cuda_fast_path_renders_the_same_images():
     """channels_last, fused-QKV SDPA attention: faster on a GPU, the same images (run here on CPU)."""
     import numpy as np
@@ -83,3 +114,34 @@ def test_the_cuda_fast_path_renders_the_same_images():
         a, b = np.asarray(decode_png(a), dtype=int), np.asarray(decode_png(b), dtype=int)
         assert a.std() > 5  # real pictures, not a blank that would match anything
         assert np.abs(a - b).max() <= 1
+
+
+def hub_cache_entry(cache: Path, repo_id: str, folder: Path) -> Path:
+    """`folder` as the local Hugging Face cache holds a downloaded repo: refs/main + snapshots/<revision>/."""
+    import shutil
+
+    entry = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text(revision)
+    shutil.copytree(folder, entry / "snapshots" / revision)
+    return entry / "snapshots" / revision
+
+
+def test_a_hub_id_in_the_local_cache_resolves_to_its_snapshot_folder(tmp_path, monkeypatch):
+    """HPSv2 by hub id finds the open_clip config kept beside its checkpoint, as a folder does (issue 15)."""
+    import huggingface_hub.constants
+    from PIL import Image
+
+    from semdpo_core.config import ScorerConfig
+    from semdpo_core.models import cached_snapshot, resolve
+    from semdpo_core.scorers import load_scorer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    snapshot = hub_cache_entry(tmp_path, "xswu/HPSv2", Path(resolve("tiny:hpsv2")))
+    assert cached_snapshot("xswu/HPSv2") == str(snapshot) == resolve("xswu/HPSv2")
+    assert cached_snapshot("nobody/not-cached") is None and resolve("nobody/not-cached") == "nobody/not-cached"
+    images, prompts = [Image.new("RGB", (64, 64), "orange")], ["an orange square"]
+    by_id = load_scorer(ScorerConfig(kind="hpsv2", model="xswu/HPSv2", architecture="semdpo-tiny-vit"), CPU)
+    by_folder = load_scorer(ScorerConfig(kind="hpsv2", model=str(snapshot), architecture="semdpo-tiny-vit"), CPU)
+    assert by_id.score(images, prompts) == by_folder.score(images, prompts)
