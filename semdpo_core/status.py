@@ -20,9 +20,9 @@ class StageStatus:
 def stage_status(store: ArtifactStore, label: str, ref: DatasetRef) -> StageStatus:
     if store.is_committed(ref):
         bad = store.invalid_entries(ref)
-        parts = len(store.manifest(ref)["parts"])
         if bad:
             return StageStatus(label, ref, "damaged", f"{len(bad)} damaged: {', '.join(bad[:3])}")
+        parts = len(store.manifest(ref)["parts"])
         return StageStatus(label, ref, "done", f"{parts} part{'s' if parts != 1 else ''}")
     records = [k for k in store.backend.list(f"{ref.prefix}/_shards/") if k.endswith(".json")]
     checkpoint = store.latest_checkpoint(ref) if ref.stage == "train" else None

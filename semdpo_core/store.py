@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ import pyarrow.parquet as pq
 
 from semdpo_core.backends import Backend, KeyMissing, LocalBackend, digests, open_backend
 from semdpo_core.schemas import SCHEMA_VERSION, conform, select_fields
+
+log = logging.getLogger("semdpo.store")
 
 MANIFEST = "_manifest.json"
 
@@ -83,18 +86,40 @@ class ArtifactStore:
     def manifest(self, ref: DatasetRef) -> dict[str, Any]:
         key = f"{ref.prefix}/{MANIFEST}"
         try:
-            return json.loads(self.backend.read_bytes(key))
+            manifest = json.loads(self.backend.read_bytes(key))
         except KeyMissing:
             raise DatasetMissing(
                 f"dataset {ref} has no manifest at {self.backend.describe(key)}: its stage never finished; "
                 "rerun the pipeline to produce it"
             ) from None
+        except ValueError as e:  # truncated or overwritten bytes (json.JSONDecodeError, UnicodeDecodeError)
+            raise CorruptArtifact(
+                f"{self.backend.describe(key)} is damaged ({e}): a rerun of the pipeline withdraws it and "
+                "recomputes the stage, reusing its intact shards"
+            ) from None
+        if not isinstance(manifest, dict) or not {"parts", "files", "rows"} <= manifest.keys():
+            raise CorruptArtifact(f"{self.backend.describe(key)} is damaged (not a manifest): a rerun withdraws it")
+        return manifest
+
+    def manifest_is_damaged(self, ref: DatasetRef) -> bool:
+        """A manifest that exists but cannot be read as one (so the dataset cannot be trusted)."""
+        try:
+            self.manifest(ref)
+        except CorruptArtifact:
+            return True
+        return False
 
     def shard_record(self, ref: DatasetRef, index: int) -> dict[str, Any] | None:
+        """A shard's commit record; None when there is none, or when it is damaged (the shard reruns)."""
+        key = f"{ref.prefix}/_shards/{part_name(index)}.json"
         try:
-            return json.loads(self.backend.read_bytes(f"{ref.prefix}/_shards/{part_name(index)}.json"))
+            record = json.loads(self.backend.read_bytes(key))
         except KeyMissing:
             return None
+        except ValueError:
+            log.warning("%s is damaged: shard %d of %s will be recomputed", self.backend.describe(key), index, ref)
+            return None
+        return record if isinstance(record, dict) and {"name", "sha256", "md5"} <= record.keys() else None
 
     def shard_is_done(self, ref: DatasetRef, index: int) -> bool:
         """The shard's part is committed and its bytes still match its record."""
@@ -102,7 +127,10 @@ class ArtifactStore:
         return record is not None and self.backend.matches(f"{ref.prefix}/{record['name']}", record["sha256"], record["md5"])
 
     def invalid_entries(self, ref: DatasetRef) -> list[str]:
-        """Parts and files of a committed dataset whose bytes no longer match the manifest."""
+        """Parts and files of a committed dataset whose bytes no longer match the manifest (the
+        manifest itself when it is damaged)."""
+        if self.manifest_is_damaged(ref):
+            return [MANIFEST]
         manifest = self.manifest(ref)
         bad = [p["name"] for p in manifest["parts"] if not self.backend.matches(f"{ref.prefix}/{p['name']}", p["sha256"], p["md5"])]
         bad += [f"files/{f['name']}" for f in manifest["files"]

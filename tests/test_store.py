@@ -96,6 +96,29 @@ def test_a_damaged_part_is_refused_detected_and_withdrawn(store):
     assert not store.is_committed(REF) and store.shard_is_done(REF, 0)
 
 
+def test_a_truncated_manifest_or_shard_record_is_named_detected_and_withdrawn(store):
+    """External damage to the commit files (a truncated copy, a full disk) must not stop every
+    later run with an unnamed JSONDecodeError: it is named, and withdrawing it lets the stage rerun."""
+    from semdpo_core.status import stage_status
+
+    for i in range(2):
+        store.write_part(REF, i, pairs_table(2, 2 * i), PAIRS)
+    store.commit(REF, PAIRS, 2)
+    key = "pairs/f00/_manifest.json"
+    store.backend.write_bytes(key, store.backend.read_bytes(key)[:25])  # truncated
+    with pytest.raises(CorruptArtifact, match=r"_manifest.json is damaged .*rerun"):
+        store.read_table(REF, PAIRS)
+    assert store.invalid_entries(REF) == ["_manifest.json"]
+    assert stage_status(store, "pairs", REF).state == "damaged"
+    store.uncommit(REF, store.invalid_entries(REF))
+    assert not store.is_committed(REF) and [store.shard_is_done(REF, i) for i in range(2)] == [True, True]
+    store.commit(REF, PAIRS, 2)  # the intact shards commit again: nothing recomputed
+    assert store.read_table(REF, PAIRS).num_rows == 4
+    record = "pairs/f00/_shards/part-00001.parquet.json"
+    store.backend.write_bytes(record, store.backend.read_bytes(record)[:10])
+    assert store.shard_record(REF, 1) is None and [store.shard_is_done(REF, i) for i in range(2)] == [True, False]
+
+
 def test_table_that_does_not_match_its_schema_is_refused_naming_the_column(store):
     bad = pairs_table().drop_columns(["rejected"])
     with pytest.raises(SchemaError, match=r"pairs/f00/part-00000.parquet: missing column\(s\) rejected"):
