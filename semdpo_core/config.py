@@ -43,11 +43,13 @@ class DataConfig(Section):
     max_prompt_tokens: int = Field(48, ge=1, description="longer prompts are reported and skipped")
 
     def test_sets(self) -> dict[str, str]:
-        """{dataset name: source}; a single source is named after its file (or `demo`)."""
+        """{dataset name: source}; a single source is named after its file, `demo`, or its world dataset."""
         if isinstance(self.test_prompts, dict):
             return dict(self.test_prompts)
         source = self.test_prompts
-        return {"demo" if source.startswith("demo:") else Path(source).stem: source}
+        if source.startswith(("demo:", "world:")):
+            return {source.split(":", 1)[0] if source.startswith("demo:") else source.split(":", 1)[1]: source}
+        return {Path(source).stem: source}
 
 
 class SFTConfig(Section):
@@ -91,7 +93,7 @@ class ScorerConfig(Section):
     """A scorer of images against prompts; `kind` picks the scoring rule (see semdpo_core.scorers)."""
 
     kind: Literal["clip", "pickscore", "image_reward", "hpsv2", "open_clip", "blip_itm", "world"]
-    model: str = Field(description="weights: a hub id (local HF cache), a folder, a file, or tiny:NAME")
+    model: str = Field(description="weights: a hub id (local HF cache), a folder, a file, tiny:NAME, or world:NAME (kind world)")
     processor: str | None = Field(None, description="processor/tokenizer when not beside the weights")
     architecture: str | None = Field(None, description="open_clip model name (hpsv2: ViT-H-14)")
 

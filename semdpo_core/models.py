@@ -55,7 +55,7 @@ def cached_snapshot(ref: str) -> str | None:
     or None when `ref` is a path or not in the cache. Found first, so that files kept beside a
     checkpoint (open_clip configs, tokenizer folders) are found for a hub id as for a folder;
     nothing is downloaded."""
-    if ref.startswith(("/", ".", "~")) or ref.count("/") != 1 or Path(ref).expanduser().exists():
+    if ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or Path(ref).expanduser().exists():
         return None
     from huggingface_hub import snapshot_download
 

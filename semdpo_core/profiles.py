@@ -4,7 +4,7 @@ Timing does not depend on weight values, so the paper's models at their real siz
 their configs with random weights, give honest speed and memory figures where no checkpoint
 can be downloaded. Every builder makes the model directly on the target device (nothing is
 written to disk); scorers go through their own constructors, so they run in their stage's
-dtype. `size="tiny"` returns the offline default's tiny model instead, so the same benchmark
+dtype. `size="tiny"` returns configs/tiny.yaml's tiny model instead, so the same benchmark
 runs on a CPU.
 """
 

@@ -327,10 +327,13 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
-def build_report(evaluation: pa.Table, settings: Any, scorers: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], dict[str, bytes]]:
+def build_report(
+    evaluation: pa.Table, settings: Any, scorers: dict[str, Any], encoder: str = "",
+) -> tuple[pa.Table, dict[str, Any], dict[str, bytes]]:
     """(REPORT_SCORES table, the other tables as a JSON-ready dict, {file name: PNG bytes}).
 
-    `settings` is a ReportConfig; `scorers` maps each metric to its ScorerConfig (named in the report)."""
+    `settings` is a ReportConfig; `scorers` maps each metric to its ScorerConfig (named in the
+    report); `encoder` is the weigh stage's text encoder, which measured `semantic_distance`."""
     scores = score_table(evaluation, settings.average_over)
     methods = ordered(evaluation.column("method").to_pylist())
     datasets = ordered(evaluation.column("dataset").to_pylist())
@@ -343,6 +346,7 @@ def build_report(evaluation: pa.Table, settings: Any, scorers: dict[str, Any]) -
         "tokens": token_stats(evaluation),
         "head_to_head": head_to_head(evaluation, focus, settings.tie_tolerance) if focus else [],
         "drift": {"epsilon": epsilon, "methods": drift},
+        "encoder": encoder,
         "meaning_drift": meaning_drift(evaluation),
         "paired_tests": paired_tests(evaluation, comparisons_of(methods, focus), settings.tie_tolerance),
     }
@@ -401,13 +405,15 @@ def markdown(scores: pa.Table, tables: dict[str, Any], links: dict[str, str]) ->
     return "\n".join(out) + "\n"
 
 
-ENCODER_NOTE = (
+DISTANCE_NOTE = (
     "d(x, y) = 1 - cos(e(x), e(y)) between the test prompt and the rewrite, with the weigh stage's frozen "
-    "text encoder: the drift in meaning that Sem-DPO's weight penalises in training. With all-MiniLM-L6-v2, "
-    "appending style words gives d of about 0.07-0.26 and replacing the content 0.40-0.69, but appending a "
-    "contradicting scene (\"..., in a lush green forest\" after \"a white house in a desert\") only 0.06-0.23: "
-    "the weight separates replacement from addition and cannot see a contradiction that is only appended. "
-    "That is a property of Sem-DPO's encoder-based weight, not of the data."
+    "text encoder ({encoder}): the drift in meaning that Sem-DPO's weight penalises in training."
+)
+MINILM_NOTE = (
+    " Measured with all-MiniLM-L6-v2: appending style words gives d of about 0.07-0.26 and replacing the "
+    "content 0.40-0.69, but appending a contradicting scene (\"..., in a lush green forest\" after \"a white "
+    "house in a desert\") only 0.06-0.23: the weight separates replacement from addition and cannot see a "
+    "contradiction that is only appended. That is a property of Sem-DPO's encoder-based weight, not of the data."
 )
 
 
@@ -415,7 +421,9 @@ def meaning_drift_markdown(tables: dict[str, Any]) -> list[str]:
     """The drift-in-meaning table and the paired tests, as markdown lines."""
     out = ["", "## Drift in meaning: d(x, y) of each rewrite from its prompt", ""]
     if tables["meaning_drift"]:
-        out += [ENCODER_NOTE, "", "| dataset | method | n | mean d(x, y) | std |", "|---|---|---|---|---|"]
+        encoder = tables.get("encoder") or "unnamed"
+        note = DISTANCE_NOTE.format(encoder=encoder) + (MINILM_NOTE if "minilm" in encoder.lower() else "")
+        out += [note, "", "| dataset | method | n | mean d(x, y) | std |", "|---|---|---|---|---|"]
         for d in tables["meaning_drift"]:
             out.append(f"| {d['dataset']} | {d['method']} | {d['n']} | {d['mean']:.4f} | {d['std']:.4f} |")
     else:

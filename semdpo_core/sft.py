@@ -88,7 +88,7 @@ def check_rewrites(
     content_words: Callable[[str], frozenset[str]],
     max_new_tokens: int,
     batch_size: int,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Greedy rewrites of held-out originals: the share that keeps every content word of the
     original, and the share that ends with EOS before `max_new_tokens` (a rewriter that rewrites)."""
     kept = stopped = 0
@@ -97,14 +97,17 @@ def check_rewrites(
         texts, stops = generate_with_stops(model, tokenizer, batch, max_new_tokens=max_new_tokens)
         kept += sum(content_words(o) <= content_words(t[0]) for o, t in zip(batch, texts, strict=True))
         stopped += sum(s[0] for s in stops)
-    n = max(len(originals), 1)
-    result = {"check_pairs": len(originals), "keeps_content": kept / n, "ends_with_eos": stopped / n}
+    if not originals:
+        log.info("SFT check skipped: no held-out pairs (sft.check_pairs is 0, or the file has under 10 pairs)")
+        return {"check_pairs": 0, "keeps_content": None, "ends_with_eos": None}
+    n = len(originals)
+    result = {"check_pairs": n, "keeps_content": kept / n, "ends_with_eos": stopped / n}
     log.info(
         "SFT check on %d held-out originals: %.1f%% of greedy rewrites keep every content word (target >= %.0f%%), "
         "%.1f%% end with EOS before %d tokens (target >= %.0f%%)",
         len(originals), 100 * result["keeps_content"], 100 * CONTENT_TARGET, 100 * result["ends_with_eos"],
         max_new_tokens, 100 * STOP_TARGET,
     )
-    if originals and (result["keeps_content"] < CONTENT_TARGET or result["ends_with_eos"] < STOP_TARGET):
+    if (result["keeps_content"] < CONTENT_TARGET or result["ends_with_eos"] < STOP_TARGET):
         log.warning("the SFT rewriter misses a target: more sft.epochs (or pairs) would help; later stages run on it as it is")
     return result

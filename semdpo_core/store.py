@@ -119,7 +119,7 @@ class ArtifactStore:
         except ValueError:
             log.warning("%s is damaged: shard %d of %s will be recomputed", self.backend.describe(key), index, ref)
             return None
-        return record if isinstance(record, dict) and {"name", "sha256", "md5"} <= record.keys() else None
+        return record if isinstance(record, dict) and {"name", "rows", "sha256", "md5"} <= record.keys() else None
 
     def shard_is_done(self, ref: DatasetRef, index: int) -> bool:
         """The shard's part is committed and its bytes still match its record."""

@@ -1,4 +1,4 @@
-"""Tiny random-weight models with the real architectures, for the offline default.
+"""Tiny random-weight models with the real architectures (configs/tiny.yaml), and the world's rewriter.
 
 Each is built deterministically from a seed, saved with `save_pretrained` and from then on loaded
 like any other model, with the libraries' own `from_pretrained`. Their outputs mean nothing;

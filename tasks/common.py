@@ -196,7 +196,7 @@ def checkpoint_dir(config: PipelineConfig, ref: DatasetRef) -> str:
     return str(open_store(config).materialize(ref, model_cache_dir() / "checkpoints"))
 
 
-@functools.lru_cache(maxsize=6)  # a stage uses at most a rewriter, SD and its scorers
+@functools.lru_cache(maxsize=8)  # a stage uses at most a rewriter, SD, its scorers (four) and the text encoder
 def inference_model(kind: str, ref: str, device: str, compile_unet: bool = False) -> Any:
     """A model for inference, loaded once per worker process and shared by its shards."""
     import torch

@@ -20,7 +20,7 @@ log = logging.getLogger("semdpo.report")
 def report(config: PipelineConfig, ref: DatasetRef, evaluation: DatasetRef) -> DatasetRef:
     store = open_store(config)
     rows = store.read_table(evaluation, EVALUATION)
-    scores, tables, plots = build_report(rows, config.report, config.evaluate.scorers)
+    scores, tables, plots = build_report(rows, config.report, config.evaluate.scorers, config.weigh.encoder)
     links = {name: store.file_url(ref, f"plots/{name}") for name in plots}
     files = {f"plots/{name}": data for name, data in plots.items()}
     files["report.md"] = markdown(scores, tables, links).encode()

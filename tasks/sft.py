@@ -20,7 +20,7 @@ def sft(config: PipelineConfig, ref: DatasetRef) -> DatasetRef:
     records = read_records(config.data.sft_pairs, ["original", "rewrite"])
     model, tokenizer = load_rewriter(config.sft.base_model, resolve_device(config.device))
     s = config.sft
-    # the last pairs stay out of training: the check below measures rewrites of unseen prompts
+    # the last pairs stay out of training; the check below rewrites those of their originals never trained on
     train = records[: len(records) - held_out_share(len(records), s.check_pairs)]
     history = train_sft(
         model, tokenizer, [r.fields["original"] for r in train], [r.fields["rewrite"] for r in train],
@@ -28,8 +28,10 @@ def sft(config: PipelineConfig, ref: DatasetRef) -> DatasetRef:
         seed=config.seed, precision=s.precision, lr_schedule=s.lr_schedule,
     )
     world = config.data.sft_pairs.startswith(WORLD_PREFIX)  # the world knows its content words exactly
+    seen = {r.fields["original"] for r in train}
+    unseen = list(dict.fromkeys(r.fields["original"] for r in records[len(train) :] if r.fields["original"] not in seen))
     check = check_rewrites(
-        model, tokenizer, [r.fields["original"] for r in records[len(train) :]],
+        model, tokenizer, unseen,
         content_words=world_content_words if world else plain_content_words,
         max_new_tokens=s.check_max_new_tokens, batch_size=s.batch_size,
     )

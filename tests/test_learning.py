@@ -2,9 +2,10 @@
 
 The world's rules (grammar, renderer, scorers) were fixed before any of this was run. Over three
 seeds of the whole pipeline, on the held-out test prompts: DPO raises the labelling taste over
-SFT (the pipeline learns), DPO drifts from the prompt (lower alignment or larger MiniLM distance
-than SFT: the drift the paper describes), and Sem-DPO drifts less than DPO. Swapping chosen and
-rejected must make DPO's preference go down: the learning test can fail.
+SFT (the pipeline learns) and drifts from the prompt (lower alignment with it than SFT: the drift
+the paper describes). Swapping chosen and rejected must make DPO's preference go down: the
+learning test can fail. The paper's third claim, Sem-DPO drifting less than DPO, did not hold in
+this world (issue 12): it runs every time as an expected failure, reported, not enforced.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def test_dpo_learns_the_labelling_taste(runs):
 
 
 def test_dpo_drifts_from_the_prompt(runs):
+    """Alignment, not the MiniLM distance: a distance can grow from appended style words alone."""
     for seed, r in runs[1].items():
-        assert r["dpo"][ALIGNMENT] < r["sft"][ALIGNMENT] or r["dpo"][DISTANCE] > r["sft"][DISTANCE], (seed, r)
+        assert r["dpo"][ALIGNMENT] < r["sft"][ALIGNMENT], (seed, r)
 
 
 @pytest.mark.xfail(strict=False, reason=(

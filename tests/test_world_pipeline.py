@@ -69,3 +69,10 @@ def test_world_rewriter_tokenizer_round_trips_the_template():
     batch = encode_pairs(tokenizer, ["a red fox in a desert"], ["a red fox in a desert, vivid colors"], 96)
     assert tokenizer.unk_token_id not in batch["input_ids"][0].tolist()
     assert model.config.vocab_size == len(tokenizer) < 200
+
+
+def test_a_single_world_test_set_is_named_after_its_dataset():
+    from semdpo_core.config import DataConfig
+
+    assert DataConfig(test_prompts="world:styled").test_sets() == {"styled": "world:styled"}
+    assert DataConfig(test_prompts="demo:test_prompts").test_sets() == {"demo": "demo:test_prompts"}

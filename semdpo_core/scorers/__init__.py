@@ -2,7 +2,7 @@
 
 The image is always scored against the ORIGINAL user prompt, never the rewrite. Each kind loads
 the official weights from a local path or the local Hugging Face cache, and each has a tiny
-random-weight build (`tiny:NAME`) for the offline default:
+random-weight build (`tiny:NAME`) for `configs/tiny.yaml`:
 
 | kind         | model                                   | score                                  |
 |--------------|-----------------------------------------|----------------------------------------|
