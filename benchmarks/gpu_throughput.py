@@ -42,7 +42,7 @@ CANDIDATES = 2  # rewrites per prompt when timing candidate generation (the pape
 
 
 def demo_prompts(n: int) -> list[str]:
-    from semdpo_core.prompts import read_records
+    from semdpo_core.prompt_files import read_records
 
     texts = [r.fields["prompt"] for r in read_records("demo:train_prompts", ["prompt"])]
     return (texts * (n // len(texts) + 1))[:n]
@@ -171,18 +171,20 @@ def bench_scorer(kind: str, size: str, device: torch.device, n: int, batch: int)
 def bench_train(size: str, device: torch.device, steps: int) -> dict:
     from semdpo_core import profiles
     from semdpo_core.config import TrainConfig
-    from semdpo_core.train import PreferenceData, reference_logps, train_preference
+    from semdpo_core.reference import kl_completions, reference_logps
+    from semdpo_core.train import PreferenceData, train_preference
 
     policy, tokenizer = profiles.rewriter(size, device, torch.float32)  # as the train stage: fp32 weights, autocast
     n = 8 * steps
     prompts = demo_prompts(n)
     data = PreferenceData(prompts, [p + ", highly detailed, sharp focus" for p in prompts],
                           [p + ", blurry" for p in prompts], [0.2] * n)
-    reference = reference_logps(policy, tokenizer, data, 8, 96)  # the untrained policy is the reference
-    settings = TrainConfig(batch_size=8, epochs=1, max_length=96, learning_rate=5e-6, checkpoint_every=0)
+    reference = reference_logps(policy, tokenizer, data.prompts, data.chosen, data.rejected,  # the untrained policy
+                                kl_completions(data.chosen), 8, 96)
+    settings = TrainConfig(batch_size=8, epochs=1, max_length=96, learning_rate=5e-6, alpha=4.0)
     stamps: list[float] = []
     reset_peak(device)
-    train_preference(policy, tokenizer, data, reference, method="sem_dpo", settings=settings, alpha=4.0,
+    train_preference(policy, tokenizer, data, reference, method="sem_dpo", settings=settings,
                      on_step=lambda _: (sync(device), stamps.append(time.perf_counter())))
     step_s = statistics.median([b - a for a, b in zip(stamps, stamps[1:])] or [float("nan")])
     row = {"stage": "train", "unit": "pairs", "items": 8, "ours_per_s": 8 / step_s, "peak_mb": peak_mb(device)}
@@ -193,17 +195,18 @@ def bench_train(size: str, device: torch.device, steps: int) -> dict:
 
 def run_work(config: Any) -> dict[str, float]:
     """How much each stage of the run `config` describes has to do (items in each stage's unit)."""
-    from semdpo_core.plan import USES_FIDELITY, USES_REFERENCE, evaluated_labels, train_runs
+    from semdpo_core.methods import get_method
+    from semdpo_core.stages import evaluated_labels, runs as train_runs
 
-    runs = train_runs(config.train)
-    evaluated = evaluated_labels(config, runs)
+    runs = train_runs(config)
+    evaluated = evaluated_labels(config)
     prompts = config.data.max_train_prompts
     images = prompts * config.candidates.num_candidates
     test = config.data.max_test_prompts * len(config.data.test_prompts)
     return {
         "candidates": images, "render": images + test * len(evaluated), "label": images,
-        "fidelity": images if any(r.method in USES_FIDELITY for r in runs) else 0,
-        "reference": prompts if any(r.method in USES_REFERENCE for r in runs) else 0,  # at most one pair per prompt
+        "fidelity": images if any(get_method(r.method).uses_fidelity for r in runs) else 0,
+        "reference": prompts if any(get_method(r.method).uses_reference for r in runs) else 0,  # <= one pair per prompt
         "train": prompts * len(runs) * config.train.epochs,
         "evaluate_rewrites": test * len([m for m in evaluated if m != "human"]),
         "evaluate_images": test * len(evaluated),

@@ -33,7 +33,7 @@ CONFIGS = ("ours:dpo", "ours:sem_dpo", "trl:dpo")
 
 def benchmark_pairs(n: int) -> tuple[list[str], list[str], list[str], list[float]]:
     """Pairs from the demo SFT set: the demo rewrite is chosen, another prompt's rewrite rejected."""
-    from semdpo_core.prompts import read_records
+    from semdpo_core.prompt_files import read_records
 
     records = read_records("demo:sft_pairs", ["original", "rewrite"])
     records = (records * (n // len(records) + 1))[:n]
@@ -57,20 +57,21 @@ def run_ours(method: str, model_ref: str, steps: int, batch_size: int) -> dict:
 
     from semdpo_core.config import TrainConfig
     from semdpo_core.models import load_rewriter, resolve_device
-    from semdpo_core.train import PreferenceData, reference_logps, train_preference
+    from semdpo_core.reference import kl_completions, reference_logps
+    from semdpo_core.train import PreferenceData, train_preference
 
     device = resolve_device("auto")
     prompts, chosen, rejected, distance = benchmark_pairs(steps * batch_size)
     data = PreferenceData(prompts, chosen, rejected, distance)
     reference, tokenizer = load_rewriter(model_ref, device)
-    ref = reference_logps(reference, tokenizer, data, batch_size, 96)
+    ref = reference_logps(reference, tokenizer, prompts, chosen, rejected, kl_completions(chosen), batch_size, 96)
     del reference
     policy, tokenizer = load_rewriter(model_ref, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    settings = TrainConfig(batch_size=batch_size, epochs=1, max_length=96, learning_rate=5e-6, checkpoint_every=0)
+    settings = TrainConfig(batch_size=batch_size, epochs=1, max_length=96, learning_rate=5e-6, alpha=4.0)
     stamps: list[float] = [time.perf_counter()]
-    train_preference(policy, tokenizer, data, ref, method=method, settings=settings, alpha=4.0,
+    train_preference(policy, tokenizer, data, ref, method=method, settings=settings,
                      on_step=lambda _: stamps.append(time.perf_counter()))
     return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "peak_mb": peak_memory_mb(device)}
 

@@ -6,6 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from semdpo_core.backends import StoreError
+from semdpo_core.config import ConfigError, load_config
+from semdpo_core.models import ModelNotFound
+from semdpo_core.prompts import PromptFileError, check_sources
+from semdpo_core.stages import STAGE_NAMES
+from semdpo_core.status import pipeline_status
+from semdpo_core.store import CorruptArtifact
+
 app = typer.Typer(help="Sem-DPO: semantically weighted DPO for text-to-image prompt rewriting.", no_args_is_help=True)
 
 SetOption = Annotated[
@@ -20,23 +28,16 @@ def run(
     stage: Annotated[Optional[str], typer.Option(help="run this stage alone (its upstream must be done)")] = None,
 ) -> None:
     """Run the whole pipeline (or one stage); finished stages are reused from the store."""
-    from semdpo_core.config import ConfigError, load_config
-    from semdpo_core.plan import STAGES
-    from semdpo_core.prompts import PromptFileError, check_sources
-
     try:  # fail here, before Prefect starts, on a bad config or bad input files
         cfg = load_config(config, set_)
         d = cfg.data
         check_sources(d.train_prompts, d.test_sets(), d.sft_pairs, d.prompt_column)
-        if stage is not None and stage not in STAGES:
-            raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        if stage is not None and stage not in STAGE_NAMES:
+            raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_NAMES)}")
     except (ConfigError, PromptFileError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     from flows.pipeline import UpstreamMissing, pipeline
-    from semdpo_core.backends import StoreError
-    from semdpo_core.models import ModelNotFound
-    from semdpo_core.store import CorruptArtifact
 
     try:
         table = pipeline(config_path=config, overrides=set_ or [], stage=stage)
@@ -53,9 +54,6 @@ def status(
     set_: SetOption = None,
 ) -> None:
     """Show, per stage, whether the store holds it: done, damaged, partly done (shards) or missing."""
-    from semdpo_core.config import load_config
-    from semdpo_core.status import pipeline_status
-
     cfg = load_config(config, set_)
     typer.echo(f"config {cfg.name!r}, store {cfg.store_root()}")
     rows = pipeline_status(cfg)

@@ -1,4 +1,4 @@
-"""Candidate generation: k rewrites per training prompt, sampled from the SFT rewriter."""
+"""The candidates stage: k rewrites per training prompt, sampled from the SFT rewriter, shard by shard."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import logging
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
+from semdpo_core.context import StageContext
+from semdpo_core.inference import loaded
+from semdpo_core.models import generation_dtype, load_rewriter
 from semdpo_core.rewriter import generate
-from semdpo_core.schemas import CANDIDATES
+from semdpo_core.schemas import CANDIDATES, PROMPTS
 from semdpo_core.seeds import derive_seed
 
 log = logging.getLogger("semdpo.candidates")
@@ -60,3 +64,22 @@ def sample_candidates(
                 rows["seed"].append(derive_seed(seed, f"render:{candidate_id}"))
     log.info("%d candidates for %d prompts (%d empty rewrites dropped)", len(rows["candidate_id"]), len(prompts), empty)
     return pa.Table.from_pydict(rows, schema=CANDIDATES)
+
+
+def train_prompts(ctx: StageContext) -> pa.Table:
+    """The training prompts of the prompts stage's table, in order."""
+    table = ctx.store.read_table(ctx.inputs["prompts"], PROMPTS)
+    return table.filter(pc.equal(table.column("split"), "train"))
+
+
+def candidates_shard(ctx: StageContext, shard: int) -> pa.Table:
+    """Shard `shard`'s training prompts, each with k sampled rewrites (half precision on CUDA)."""
+    s = ctx.settings
+    rows = train_prompts(ctx).slice(shard * s.shard_size, s.shard_size)
+    model, tokenizer = loaded(load_rewriter, ctx.checkpoint_dir("sft"), ctx.device, generation_dtype(ctx.device))
+    c = s.candidates
+    return sample_candidates(
+        model, tokenizer, rows.column("prompt_id").to_pylist(), rows.column("prompt").to_pylist(),
+        num_candidates=c.num_candidates, temperature=c.temperature, top_p=c.top_p,
+        max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, seed=s.seed, shard=shard,
+    )

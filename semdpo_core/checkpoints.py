@@ -51,3 +51,11 @@ def restore(
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"], state["history"], state["extra"]
+
+
+def pretrained_files(model: Any, tokenizer: Any) -> dict[str, bytes]:
+    """A `save_pretrained` folder (model and tokenizer) as {relative path: bytes}, for the store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        return {str(p.relative_to(tmp)): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}

@@ -4,27 +4,23 @@ The defaults are the offline profile, the synthetic world (`configs/world.yaml` 
 its prompts, procedural renderer and pixel scorers, a tiny word-level GPT-2 rewriter, and the
 real all-MiniLM-L6-v2 for semantic distances. `configs/tiny.yaml` runs the real architectures
 (diffusers, open_clip, transformers) with tiny random weights; `configs/paper.yaml` carries the
-paper's settings. Every stage reads only its own section; a stage's fingerprint
-hashes that section, so a change to `weigh.alpha` reruns weigh and what follows, nothing else.
+paper's settings. Which settings each stage reads is declared once, in the stage table
+(`semdpo_core/stages.py`): its fingerprint hashes them and its computation sees nothing else, so
+a change to `weigh.encoder` reruns weigh and what follows, nothing else.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]  # training arithmetic (semdpo_core.train.mixed_precision)
-PRECISION_HELP = "auto: bf16/fp16 on CUDA, fp32 on CPU; bf16/fp16 by name on any device"
-
-
-class Section(BaseModel):
-    """A config section: unknown keys are an error, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+from semdpo_core.methods import DEFAULT_METHODS, METHODS, get_method
+from semdpo_core.sections import PRECISION_HELP, Precision, Section
 
 
 class DataConfig(Section):
@@ -43,13 +39,18 @@ class DataConfig(Section):
     max_prompt_tokens: int = Field(48, ge=1, description="longer prompts are reported and skipped")
 
     def test_sets(self) -> dict[str, str]:
-        """{dataset name: source}; a single source is named after its file, `demo`, or its world dataset."""
-        if isinstance(self.test_prompts, dict):
-            return dict(self.test_prompts)
-        source = self.test_prompts
-        if source.startswith(("demo:", "world:")):
-            return {source.split(":", 1)[0] if source.startswith("demo:") else source.split(":", 1)[1]: source}
-        return {Path(source).stem: source}
+        """{dataset name: source} (see `named_test_sets`)."""
+        return named_test_sets(self.test_prompts)
+
+
+def named_test_sets(test_prompts: str | Mapping[str, str]) -> dict[str, str]:
+    """{dataset name: source}; a single source is named after its file, `demo`, or its world dataset."""
+    if not isinstance(test_prompts, str):
+        return dict(test_prompts)
+    if test_prompts.startswith(("demo:", "world:")):
+        prefix, name = test_prompts.split(":", 1)
+        return {prefix if prefix == "demo" else name: test_prompts}
+    return {Path(test_prompts).stem: test_prompts}
 
 
 class SFTConfig(Section):
@@ -123,52 +124,20 @@ class WeighConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
-Method = Literal["dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter", "additive"]
-METHODS: tuple[str, ...] = ("dpo", "sem_dpo", "ipo", "kto", "orpo", "beta_dpo", "hard_filter", "additive")
-
-
-class KTOConfig(Section):
-    """KTO's weights of the desirable (chosen) and undesirable (rejected) terms (TRL's defaults)."""
-
-    desirable_weight: float = Field(1.0, gt=0)
-    undesirable_weight: float = Field(1.0, gt=0)
-
-
-class ORPOConfig(Section):
-    """ORPO's weight of the odds-ratio term against the chosen rewrite's NLL (TRL's default)."""
-
-    orpo_lambda: float = Field(0.1, gt=0)
-
-
-class BetaDPOConfig(Section):
-    """beta-DPO: beta_batch = beta * (1 + alpha * (mean margin - M_0)); keeps rho of each batch."""
-
-    alpha: float = Field(0.5, ge=0)
-    rho: float = Field(0.8, gt=0, le=1)
-    momentum: float = Field(0.9, ge=0, le=1)
-
-
-class HardFilterConfig(Section):
-    """Proposition 1's hard semantic filter: train only on pairs with d(x, y_w) <= tau."""
-
-    tau: float = Field(0.3, gt=0, le=2)
-
-
-class AdditiveConfig(Section):
-    """The additive-reward baseline: DPO whose margin must also cover the fidelity gap,
-    loss = -log sigmoid(beta * margin - coefficient * (f_w - f_l) / std(f_w - f_l))."""
-
-    coefficient: float = Field(1.0, ge=0)
-
-
 class TrainConfig(Section):
     """Preference fine-tuning from the SFT checkpoint; the SFT model is the reference.
 
     `batch_size` pairs per micro-batch; an optimizer step every `gradient_accumulation_steps`
-    micro-batches (the paper's batch 8 = batch_size * gradient_accumulation_steps).
+    micro-batches (the paper's batch 8 = batch_size * gradient_accumulation_steps). Each method
+    with settings of its own has a section here named after it (`train.kto`, `train.hard_filter`,
+    ...), declared by its entry in `semdpo_core.methods`.
     """
 
-    methods: list[Method] = list(METHODS)
+    model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=())
+    __pydantic_extra__: dict[str, Any]
+
+    methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS),
+                               description="methods to train (semdpo_core.methods)")
     beta: float = Field(0.05, gt=0)
     alpha: float | list[float] = Field(4.0, description="Sem-DPO's alpha; a list trains one model per alpha")
     learning_rate: float = Field(2e-4, gt=0)
@@ -180,11 +149,33 @@ class TrainConfig(Section):
     epochs: int = Field(2, ge=1)
     max_length: int = Field(96, ge=8)
     checkpoint_every: int = Field(32, ge=0, description="optimizer steps between resumable checkpoints; 0: none")
-    kto: KTOConfig = KTOConfig()
-    orpo: ORPOConfig = ORPOConfig()
-    beta_dpo: BetaDPOConfig = BetaDPOConfig()
-    hard_filter: HardFilterConfig = HardFilterConfig()
-    additive: AdditiveConfig = AdditiveConfig()
+
+    @field_validator("methods")
+    @classmethod
+    def _registered(cls, methods: list[str]) -> list[str]:
+        for name in methods:
+            get_method(name)
+        return methods
+
+    @model_validator(mode="after")
+    def _method_sections(self) -> TrainConfig:
+        """Each extra key must be a registered method's section; every section gets its defaults."""
+        extra = self.__pydantic_extra__
+        for key, value in extra.items():
+            method = METHODS.get(key)
+            if method is None or method.section is None:
+                sections = ", ".join(m.name for m in METHODS.values() if m.section)
+                raise ValueError(f"unknown setting train.{key} (the methods' own sections are {sections})")
+            if not isinstance(value, method.section):
+                try:
+                    extra[key] = method.section.model_validate(value)
+                except ValidationError as e:
+                    problems = "; ".join(f"train.{key}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                    raise ValueError(problems) from None
+        for method in METHODS.values():
+            if method.section is not None and method.name not in extra:
+                extra[method.name] = method.section()
+        return self
 
     def alphas(self) -> list[float]:
         return list(self.alpha) if isinstance(self.alpha, list) else [self.alpha]
@@ -307,7 +298,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()]
         raise ConfigError(f"invalid config ({source}):\n" + "\n".join(lines)) from None
 
 

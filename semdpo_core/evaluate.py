@@ -1,4 +1,4 @@
-"""Evaluation: rewrite held-out prompts with each method, render with shared seeds, score vs the original.
+"""The evaluate stage: rewrite held-out prompts with each method, render with shared seeds, score vs the original.
 
 Every method's image for a test prompt uses the same seed, so the methods differ only by the
 rewrite. Scores always compare the image with the ORIGINAL user prompt.
@@ -10,16 +10,19 @@ import logging
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from semdpo_core.config import EvaluateConfig, RenderConfig
-from semdpo_core.label import score_images
+from semdpo_core.context import StageContext
+from semdpo_core.inference import loaded
+from semdpo_core.label import score_images, scorer_of
+from semdpo_core.models import generation_dtype, load_diffusion, load_rewriter
 from semdpo_core.render import render_images
 from semdpo_core.report import mean_std, ordered
 from semdpo_core.rewriter import generate
-from semdpo_core.schemas import EVALUATION, METRICS
-from semdpo_core.scorers import decode_png
+from semdpo_core.schemas import EVALUATION, METRICS, PROMPTS
+from semdpo_core.scorers.base import decode_png
 from semdpo_core.seeds import derive_seed
-from semdpo_core.weigh import semantic_distances
+from semdpo_core.weigh import SemanticEncoder, semantic_distances
 
 log = logging.getLogger("semdpo.evaluate")
 
@@ -138,14 +141,15 @@ def evaluate_method(
     pipe: Any,
     scorers: dict[str, Any],
     encoder: Any,
-    settings: EvaluateConfig,
-    render: RenderConfig,
+    settings: Any,
+    render: Any,
     seed: int,
 ) -> pa.Table:
     """EVALUATION rows of one method: rewrite (human input keeps the prompt as it is; its
     `rewriter` only counts tokens), render with the shared per-prompt seeds, score every image
     against the ORIGINAL prompt, and measure each rewrite's distance in meaning from the prompt
-    with the weigh stage's frozen text encoder (the drift Sem-DPO is meant to limit)."""
+    with the weigh stage's frozen text encoder (the drift Sem-DPO is meant to limit). `settings`
+    are the evaluate section's, `render` the render section's."""
     prompts = test["prompt"]
     model, tokenizer = rewriter
     rewrites = prompts
@@ -162,3 +166,18 @@ def evaluate_method(
         method, test, rewrites, token_counts(tokenizer, rewrites), seeds, images, scorers, settings.drift_encoder,
         settings.batch_size, distances,
     )
+
+
+def evaluate_shard(ctx: StageContext, shard: int) -> pa.Table:
+    """Shard i evaluates method i of the evaluated methods; its checkpoint is the input named after
+    it (human input and SFT: the SFT checkpoint, whose tokenizer counts the human prompts' tokens)."""
+    s = ctx.settings
+    table = ctx.store.read_table(ctx.inputs["prompts"], PROMPTS)
+    test = table.filter(pc.equal(table.column("split"), "test")).select(["dataset", "prompt_id", "prompt"]).to_pydict()
+    method, device = s.methods[shard], ctx.device
+    rewriter = loaded(load_rewriter, ctx.checkpoint_dir("sft" if method in ("human", "sft") else method), device,
+                      generation_dtype(device))
+    pipe = loaded(load_diffusion, s.render.model, device, ctx.runtime.compile_unet)
+    scorers = {name: scorer_of(scorer, device) for name, scorer in s.evaluate.scorers.items()}
+    encoder = loaded(SemanticEncoder, s.semantic_encoder, device)
+    return evaluate_method(method, test, rewriter, pipe, scorers, encoder, s.evaluate, s.render, s.seed)

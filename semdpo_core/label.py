@@ -1,17 +1,20 @@
-"""Reward labelling: score every image against its original prompt, then pick chosen/rejected."""
+"""The label stage: the reward model scores every image against its ORIGINAL prompt, one shard
+per candidates part (the pairs stage then picks chosen and rejected)."""
 
 from __future__ import annotations
 
-import logging
-from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
 
 import pyarrow as pa
 
 from semdpo_core.batching import device_memory, map_in_batches
-from semdpo_core.schemas import PAIRS
-from semdpo_core.scorers import Scorer, decode_png
-
-log = logging.getLogger("semdpo.label")
+from semdpo_core.config import ScorerConfig
+from semdpo_core.context import StageContext
+from semdpo_core.inference import loaded
+from semdpo_core.schemas import CANDIDATES, IMAGES
+from semdpo_core.scorers import load_scorer
+from semdpo_core.scorers.base import Scorer, decode_png
 
 
 def score_images(scorer: Scorer, images: list[bytes], prompts: list[str], batch_size: int, desc: str = "score") -> list[float]:
@@ -22,38 +25,22 @@ def score_images(scorer: Scorer, images: list[bytes], prompts: list[str], batch_
     )
 
 
-def select_pairs(candidates: pa.Table, rewards: dict[str, float]) -> pa.Table:
-    """Per prompt, chosen = best-rewarded rewrite and rejected = worst; ties make no pair."""
-    by_prompt: dict[str, list[tuple[str, str, float]]] = defaultdict(list)  # (candidate id, rewrite, reward)
-    texts = {}
-    for row in candidates.to_pylist():
-        if row["candidate_id"] in rewards:
-            by_prompt[row["prompt_id"]].append((row["candidate_id"], row["rewrite"], rewards[row["candidate_id"]]))
-            texts[row["prompt_id"]] = row["prompt"]
-    rows: dict[str, list] = {name: [] for name in PAIRS.names}
-    ties = same_text = too_few = 0
-    for pid, options in by_prompt.items():
-        if len(options) < 2:
-            too_few += 1
-            continue
-        best = max(options, key=lambda o: o[2])  # first of equal maxima: stable
-        worst = min(options, key=lambda o: o[2])
-        if best[2] == worst[2]:
-            ties += 1
-            continue
-        if best[1] == worst[1]:
-            same_text += 1
-            continue
-        rows["prompt_id"].append(pid)
-        rows["prompt"].append(texts[pid])
-        rows["chosen_id"].append(best[0])
-        rows["rejected_id"].append(worst[0])
-        rows["chosen"].append(best[1])
-        rows["rejected"].append(worst[1])
-        rows["chosen_reward"].append(best[2])
-        rows["rejected_reward"].append(worst[2])
-    log.info(
-        "%d pairs from %d prompts (%d tied, %d with identical chosen/rejected text, %d with < 2 candidates)",
-        len(rows["prompt_id"]), len(by_prompt), ties, same_text, too_few,
-    )
-    return pa.Table.from_pydict(rows, schema=PAIRS)
+def scorer_of(settings: Mapping[str, Any], device: Any) -> Scorer:
+    """The scorer a ScorerConfig's settings name, loaded once per worker process."""
+    return loaded(load_scorer, ScorerConfig.model_validate(dict(settings)), device)
+
+
+def score_shard(ctx: StageContext, shard: int, scorer: Mapping[str, Any], batch_size: int, column: str) -> pa.Table:
+    """Score candidates part `shard`'s images against their ORIGINAL prompts; one row per candidate."""
+    cands = ctx.store.read_part(ctx.inputs["candidates"], shard, CANDIDATES)
+    imgs = ctx.store.read_part(ctx.inputs["render"], shard, IMAGES)
+    prompt_of = dict(zip(cands.column("candidate_id").to_pylist(), cands.column("prompt").to_pylist()))
+    ids = imgs.column("candidate_id").to_pylist()
+    scores = score_images(scorer_of(scorer, ctx.device), imgs.column("image").to_pylist(), [prompt_of[i] for i in ids],
+                          batch_size, desc=f"{column} shard {shard}")
+    return pa.table({"candidate_id": ids, "prompt_id": imgs.column("prompt_id"), column: pa.array(scores, pa.float64())})
+
+
+def label_shard(ctx: StageContext, shard: int) -> pa.Table:
+    """The reward of every image of shard `shard` (REWARDS)."""
+    return score_shard(ctx, shard, ctx.settings.reward_model, ctx.settings.batch_size, "reward")

@@ -55,18 +55,10 @@ def sem_dpo_loss(
     return semantic_weight * loss
 
 
-def hard_filter_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    reference_chosen_logps: torch.Tensor,
-    reference_rejected_logps: torch.Tensor,
-    beta: float,
-    semantic_distance: torch.Tensor,
-    tau: float,
-) -> torch.Tensor:
-    """The hard semantic filter of the paper's Proposition 1: DPO on pairs with d <= tau, zero elsewhere."""
-    keep = (semantic_distance <= tau).to(policy_chosen_logps.dtype)
-    return keep * dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta)
+def semantic_filter(semantic_distance: torch.Tensor, tau: float) -> torch.Tensor:
+    """The hard semantic filter of the paper's Proposition 1, as a weight on each pair's DPO loss
+    (`sem_dpo_loss`): 1 where d <= tau, 0 elsewhere."""
+    return (semantic_distance <= tau).double()
 
 
 def ipo_loss(
@@ -155,6 +147,14 @@ class BetaDPO:
     m0: float | None = None
     sigma: float | None = None
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+
+    def state_dict(self) -> dict[str, object]:
+        """The moving averages and the sampling generator, for a training checkpoint."""
+        return {"m0": self.m0, "sigma": self.sigma, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.m0, self.sigma = state["m0"], state["sigma"]
+        self.generator.set_state(state["generator"])
 
     def update(self, margins: torch.Tensor) -> None:
         """Fold a batch's margin mean and spread into the moving averages."""

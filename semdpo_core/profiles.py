@@ -14,6 +14,14 @@ from typing import Any
 
 import torch
 
+from semdpo_core.config import ScorerConfig
+from semdpo_core.image_reward_net import ImageRewardModel
+from semdpo_core.models import load_diffusion, load_rewriter, pretrained, resolve
+from semdpo_core.scorers import load_scorer
+from semdpo_core.scorers.clip import ClipScorer
+from semdpo_core.scorers.hps import HPS_ARCHITECTURE, OpenClipScorer, hps_transform, visual_size
+from semdpo_core.scorers.image_reward import ImageRewardScorer, blip_tokenizer
+
 # Stable Diffusion v1.4 (CompVis/stable-diffusion-v1-4): UNet, VAE and CLIP ViT-L/14 text encoder.
 SD14_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -53,8 +61,6 @@ def stable_diffusion(size: str, device: torch.device, dtype: torch.dtype) -> Any
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from semdpo_core.models import load_diffusion, resolve
-
     if size == "tiny":
         return load_diffusion("tiny:stable-diffusion", device)
     tokenizer = CLIPTokenizer.from_pretrained(f"{resolve('tiny:stable-diffusion')}/tokenizer")  # CLIP's real BPE
@@ -73,8 +79,6 @@ def rewriter(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, 
     tokenizer is the tiny one either way (its ids fit any vocabulary; speed is per token)."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from semdpo_core.models import load_rewriter, pretrained
-
     if size == "tiny":
         return load_rewriter("tiny:rewriter", device)
     tokenizer = pretrained(AutoTokenizer, "tiny:rewriter")
@@ -89,9 +93,6 @@ def rewriter(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, 
 def scorer(kind: str, size: str, device: torch.device) -> Any:
     """A scorer of `kind` (image_reward, hpsv2, pickscore) at full size with random weights, or
     tiny; built through the scorer's own constructor, so it runs in the stage's dtype."""
-    from semdpo_core.config import ScorerConfig
-    from semdpo_core.scorers import load_scorer
-
     if size == "tiny":  # configs/tiny.yaml's evaluation scorers
         tiny = {"image_reward": ScorerConfig(kind="image_reward", model="tiny:image_reward"),
                 "hpsv2": ScorerConfig(kind="hpsv2", model="tiny:hpsv2", architecture="semdpo-tiny-vit"),
@@ -106,8 +107,6 @@ def scorer(kind: str, size: str, device: torch.device) -> Any:
 def _full_image_reward(device: torch.device) -> Any:
     """ImageReward's real shape: BLIP ViT-L/16 at 224, BERT-base with cross-attention, MLP head."""
     from transformers import BlipTextConfig, BlipVisionConfig
-
-    from semdpo_core.scorers.image_reward import ImageRewardModel, ImageRewardScorer, blip_tokenizer
 
     vision = BlipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                               image_size=224, patch_size=16, layer_norm_eps=1e-6)
@@ -124,8 +123,6 @@ def _full_hpsv2(device: torch.device) -> Any:
     """HPSv2.1's shape: open_clip ViT-H-14 with random weights and HPS's transform."""
     import open_clip
 
-    from semdpo_core.scorers.hps import HPS_ARCHITECTURE, OpenClipScorer, hps_transform, visual_size
-
     with torch.device(device):
         model = open_clip.create_model(HPS_ARCHITECTURE, device=device)
     return OpenClipScorer(model, hps_transform(visual_size(model)), open_clip.get_tokenizer(HPS_ARCHITECTURE), device)
@@ -134,8 +131,6 @@ def _full_hpsv2(device: torch.device) -> Any:
 def _full_pickscore(device: torch.device) -> Any:
     """PickScore's real shape: transformers CLIPModel ViT-H/14, with the tiny CLIP processor's rules."""
     from transformers import AutoProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from semdpo_core.scorers.clip import ClipScorer
 
     tiny = AutoProcessor.from_pretrained(_tiny_dir("pickscore"))
     image_processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
@@ -146,6 +141,4 @@ def _full_pickscore(device: torch.device) -> Any:
 
 
 def _tiny_dir(name: str) -> str:
-    from semdpo_core.models import resolve
-
     return resolve(f"tiny:{name}")

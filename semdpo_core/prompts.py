@@ -1,170 +1,25 @@
-"""Prompt sources: the synthetic world's datasets, the built-in demo set and user files (Parquet,
-CSV, JSONL, plain text).
+"""The prompts stage: the train prompts and every test set, cleaned and checked, as one table.
 
-Bad input stops the run before any work starts, with an error that names the file and the line
-or column. Blank prompts are skipped and duplicates dropped, each counted in the log.
+Blank prompts are skipped and duplicates dropped, each counted in the log; a prompt too long for
+the rewriter is reported with its line and skipped, never cut; a test prompt is never trained on.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from semdpo_core.world.sources import NAMES as WORLD_NAMES
-from semdpo_core.world.sources import PREFIX as WORLD_PREFIX
-from semdpo_core.world.sources import world_source
+from semdpo_core.config import named_test_sets
+from semdpo_core.context import Output, StageContext
+from semdpo_core.models import pretrained
+from semdpo_core.prompt_files import PromptFileError, Record, read_records
+from semdpo_core.rewriter import prompt_token_count
+from semdpo_core.schemas import PROMPTS
 
 log = logging.getLogger("semdpo.prompts")
-
-DEMO_SETS = ("train_prompts", "test_prompts", "sft_pairs")
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".txt": "text"}
-
-
-class PromptFileError(ValueError):
-    """A prompt file that cannot be used as it is; the message says where and what to fix."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One row of a source: its fields and where it came from (file:line)."""
-
-    fields: dict[str, str]
-    source: str
-
-
-def source_bytes(source: str) -> tuple[str, bytes, str]:
-    """The (display name, raw bytes, format) of a source: `world:NAME`, `demo:NAME` or a file path."""
-    if source.startswith(WORLD_PREFIX):
-        try:
-            data, fmt = world_source(source.removeprefix(WORLD_PREFIX))
-        except KeyError:
-            raise PromptFileError(f"unknown world dataset {source!r}; choose one of "
-                                  f"{', '.join(WORLD_PREFIX + n for n in WORLD_NAMES)}") from None
-        return source, data, fmt
-    if source.startswith("demo:"):
-        name = source.removeprefix("demo:")
-        if name not in DEMO_SETS:
-            raise PromptFileError(f"unknown demo set {source!r}; choose one of {', '.join(DEMO_SETS)}")
-        suffix = ".jsonl" if name == "sft_pairs" else ".txt"
-        data = resources.files("semdpo_core").joinpath(f"data/{name}{suffix}").read_bytes()
-        return source, data, FORMATS[suffix]
-    path = Path(source).expanduser()
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r}; use one of {', '.join(FORMATS)}")
-    try:
-        return str(path), path.read_bytes(), fmt
-    except FileNotFoundError:
-        raise PromptFileError(f"{path}: prompt file does not exist") from None
-
-
-def source_digest(source: str) -> str:
-    """sha256 of a source's bytes: part of the prompts fingerprint, so an edited file reruns."""
-    return hashlib.sha256(source_bytes(source)[1]).hexdigest()
-
-
-def read_records(source: str, columns: list[str]) -> list[Record]:
-    """Every row of `source` with the string fields `columns`; text files hold one prompt a line."""
-    name, data, fmt = source_bytes(source)
-    if fmt == "parquet":
-        return _read_parquet(name, data, columns)
-    text = _decode(name, data)
-    if fmt == "text":
-        if len(columns) != 1:
-            raise PromptFileError(f"{name}: a plain-text file holds one prompt a line; need columns {columns}")
-        return [Record({columns[0]: line}, f"{name}:{i}") for i, line in enumerate(text.splitlines(), 1)]
-    if fmt == "csv":
-        return _read_csv(name, text, columns)
-    return _read_jsonl(name, text, columns)
-
-
-def _decode(name: str, data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise PromptFileError(f"{name}:{line}: invalid UTF-8 (byte {e.start}); save the file as UTF-8") from None
-
-
-def _read_csv(name: str, text: str, columns: list[str]) -> list[Record]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise PromptFileError(f"{name}: empty CSV file; the first line must name the columns") from None
-    except csv.Error as e:
-        raise PromptFileError(f"{name}:1: malformed CSV header ({e})") from None
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise PromptFileError(f"{name}: missing column(s) {missing}; the header has {header}")
-    index = {c: header.index(c) for c in columns}
-    records = []
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            raise PromptFileError(f"{name}:{reader.line_num}: malformed CSV row ({e})") from None
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise PromptFileError(
-                f"{name}:{reader.line_num}: row has {len(row)} fields, the header has {len(header)}"
-            )
-        records.append(Record({c: row[i] for c, i in index.items()}, f"{name}:{reader.line_num}"))
-    return records
-
-
-def _read_jsonl(name: str, text: str, columns: list[str]) -> list[Record]:
-    records = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptFileError(f"{name}:{line_no}: malformed JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise PromptFileError(f"{name}:{line_no}: expected a JSON object, got {type(row).__name__}")
-        for c in columns:
-            if c not in row:
-                raise PromptFileError(f"{name}:{line_no}: missing field {c!r}")
-            if not isinstance(row[c], str):
-                raise PromptFileError(f"{name}:{line_no}: field {c!r} must be a string, got {type(row[c]).__name__}")
-        records.append(Record({c: row[c] for c in columns}, f"{name}:{line_no}"))
-    return records
-
-
-def _read_parquet(name: str, data: bytes, columns: list[str]) -> list[Record]:
-    try:
-        table = pq.read_table(io.BytesIO(data))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise PromptFileError(f"{name}: not a readable Parquet file, truncated or corrupt? ({e})") from None
-    for c in columns:
-        if c not in table.column_names:
-            raise PromptFileError(f"{name}: missing column {c!r}; the file has {table.column_names}")
-        if not (pa.types.is_string(table.schema.field(c).type) or pa.types.is_large_string(table.schema.field(c).type)):
-            raise PromptFileError(f"{name}: column {c!r} has type {table.schema.field(c).type}, expected string")
-    values = {c: table.column(c).to_pylist() for c in columns}
-    records = []
-    for i in range(table.num_rows):
-        row = {c: values[c][i] for c in columns}
-        null = [c for c, v in row.items() if v is None]
-        if null:
-            raise PromptFileError(f"{name}: row {i}: column {null[0]!r} is null")
-        records.append(Record(row, f"{name}:row {i}"))
-    return records
 
 
 def clean_prompts(records: list[Record], column: str) -> list[Record]:
@@ -214,8 +69,6 @@ def prompt_table(
 ) -> pa.Table:
     """The PROMPTS table: train prompts, then each evaluation dataset's test prompts (at most
     `max_test` each); a prompt in any test set is removed from training."""
-    from semdpo_core.schemas import PROMPTS
-
     tests = {name: load_split(source, column, max_test, too_long) for name, source in test_sources.items()}
     test_texts = {r.fields[column] for records in tests.values() for r in records}
     train_all = load_split(train_source, column, None, too_long)
@@ -248,3 +101,21 @@ def check_sources(train_prompts: str, test_prompts: dict[str, str], sft_pairs: s
     for source in test_prompts.values():
         read_records(source, [column])
     read_records(sft_pairs, ["original", "rewrite"])
+
+
+def prompts_stage(ctx: StageContext) -> Output:
+    """Read, clean and check the train and test prompt files into the PROMPTS table."""
+    from transformers import AutoTokenizer
+
+    d = ctx.settings.data
+    tokenizer = pretrained(AutoTokenizer, ctx.settings.tokenizer)
+
+    def too_long(text: str) -> int | None:
+        n = prompt_token_count(tokenizer, text)
+        return n if n > d.max_prompt_tokens else None
+
+    test_sets = named_test_sets(d.test_prompts)
+    table = prompt_table(d.train_prompts, test_sets, d.prompt_column, d.max_train_prompts, d.max_test_prompts, too_long)
+    datasets = table.column("dataset").to_pylist()
+    return Output(table, meta={"train_prompts": datasets.count("train"),
+                               "test_prompts": {name: datasets.count(name) for name in test_sets}})

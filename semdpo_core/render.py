@@ -1,4 +1,4 @@
-"""Rendering: every prompt through a Stable Diffusion pipeline (DDIM) or the synthetic world's
+"""The render stage: every prompt through a Stable Diffusion pipeline (DDIM) or the synthetic world's
 renderer, one seed per image, batched."""
 
 from __future__ import annotations
@@ -7,10 +7,15 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 from semdpo_core.batching import device_memory, map_in_batches
-from semdpo_core.scorers import encode_png
+from semdpo_core.context import StageContext
+from semdpo_core.inference import loaded
+from semdpo_core.models import load_diffusion
+from semdpo_core.schemas import CANDIDATES
+from semdpo_core.scorers.base import encode_png
 from semdpo_core.world.render import WorldRenderer
 
 log = logging.getLogger("semdpo.render")
@@ -54,3 +59,19 @@ def render_images(
     how = "the world's renderer" if isinstance(pipe, WorldRenderer) else f"{num_inference_steps} DDIM steps"
     log.info("rendered %d images (%dx%d, %s)", len(images), width, height, how)
     return images
+
+
+def render_shard(ctx: StageContext, shard: int) -> pa.Table:
+    """One image per candidate of candidates part `shard`, with the candidate's seed."""
+    s = ctx.settings
+    table = ctx.store.read_part(ctx.inputs["candidates"], shard, CANDIDATES)
+    pipe = loaded(load_diffusion, s.model, ctx.device, ctx.runtime.compile_unet)
+    images = render_images(
+        pipe, table.column("rewrite").to_pylist(), table.column("seed").to_pylist(),
+        num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+        height=s.height, width=s.width, batch_size=s.batch_size, desc=f"render shard {shard}",
+    )
+    return pa.table(
+        {"candidate_id": table.column("candidate_id"), "prompt_id": table.column("prompt_id"),
+         "seed": table.column("seed"), "image": pa.array(images, pa.binary())}
+    )

@@ -1,4 +1,4 @@
-"""The evaluation report: the paper's tables and figures, computed from the evaluate stage's rows.
+"""The report stage: the paper's tables and figures, computed from the evaluate stage's rows.
 
 - scores per dataset x method x metric, and the min-max normalised average (Tables 5-7);
 - rewritten-prompt token lengths: N, mean, std, median, max, and medians per dataset (Tables 1-2);
@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import io
+import json
+import logging
 import math
 import statistics
 from collections import defaultdict
@@ -20,7 +22,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from semdpo_core.schemas import REPORT_SCORES
+from semdpo_core.config import ScorerConfig
+from semdpo_core.context import Output, StageContext
+from semdpo_core.methods import parse_run_label
+from semdpo_core.schemas import EVALUATION, REPORT_SCORES
+from semdpo_core.scorers.base import decode_png
+
+log = logging.getLogger("semdpo.report")
 
 AVG = "avg_score"
 
@@ -228,8 +236,8 @@ def comparisons_of(methods: list[str], focus: str | None) -> list[tuple[str, str
 
 
 def sweep_alpha(method: str) -> float | None:
-    """The alpha of a sweep run's label (`sem_dpo@alpha=2` -> 2.0)."""
-    return float(method.split("=", 1)[1]) if method.startswith("sem_dpo@alpha=") else None
+    """The alpha of a sweep run's label (`sem_dpo@alpha=2` -> 2.0), else None."""
+    return parse_run_label(method)[1]
 
 
 def means_by(scores: pa.Table, dataset: str) -> dict[tuple[str, str], float]:
@@ -289,8 +297,6 @@ def sample_grid(evaluation: pa.Table, count: int, cell: int = 160) -> bytes | No
     """PNG grid: a row per sample prompt (the first `count` of the first dataset), a column per
     method; the `human` column is the original prompt's image."""
     from PIL import Image, ImageDraw
-
-    from semdpo_core.scorers import decode_png
 
     rows = evaluation.select(["method", "dataset", "prompt_id", "prompt", "image"]).to_pylist()
     if not rows or count == 0:
@@ -437,3 +443,17 @@ def meaning_drift_markdown(tables: dict[str, Any]) -> list[str]:
         out.append(f"| {t['method']} | {t['baseline']} | {t['metric']} | {t['n']} | {t['mean_diff']:+.4f} | "
                    f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}] | {t['wins']} / {t['losses']} | {t['sign_p']:.3g} |")
     return out
+
+
+def report_stage(ctx: StageContext) -> Output:
+    """REPORT_SCORES, with report.md, report.json and the PNG plots as the dataset's files."""
+    s = ctx.settings
+    rows = ctx.store.read_table(ctx.inputs["evaluate"], EVALUATION)
+    scorers = {name: ScorerConfig.model_validate(dict(scorer)) for name, scorer in s.scorers.items()}
+    scores, tables, plots = build_report(rows, s.report, scorers, s.semantic_encoder)
+    links = {name: ctx.store.file_url(ctx.ref, f"plots/{name}") for name in plots}
+    files = {f"plots/{name}": data for name, data in plots.items()}
+    files["report.md"] = markdown(scores, tables, links).encode()
+    files["report.json"] = json.dumps(tables, indent=2, sort_keys=True).encode()
+    log.info("report: %d score rows, %d plots, %d head-to-head rows", scores.num_rows, len(plots), len(tables["head_to_head"]))
+    return Output(scores, files=files, meta={"plots": sorted(plots)})

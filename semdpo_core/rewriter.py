@@ -52,6 +52,24 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (logps * mask).sum(-1)
 
 
+def completion_logps(model: Any, tokenizer: Any, prompts: list[str], completions: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y|x) of each (prompt, completion) and the completion's token count."""
+    batch = encode_pairs(tokenizer, prompts, completions, max_length)
+    return sequence_logps(model, batch), batch["completion_mask"].sum(-1).to(torch.float64)
+
+
+def concatenated_logps(
+    model: Any, tokenizer: Any, prompts: list[str], completions: dict[str, list[str]], max_length: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """completion_logps of every completion set (chosen, rejected, ...) in one forward pass, as TRL
+    does: one batch of 2B sequences keeps the GPU busier than two batches of B."""
+    logps, tokens = completion_logps(
+        model, tokenizer, prompts * len(completions), [c for texts in completions.values() for c in texts], max_length
+    )
+    n = len(prompts)
+    return {name: (logps[i * n : (i + 1) * n], tokens[i * n : (i + 1) * n]) for i, name in enumerate(completions)}
+
+
 def completion_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean negative log-likelihood per completion token: the SFT loss."""
     device = next(model.parameters()).device

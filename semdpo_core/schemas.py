@@ -70,7 +70,7 @@ FIDELITY = pa.schema(
     ]
 )
 
-WEIGHTS = pa.schema(list(PAIRS) + [("semantic_distance", pa.float64())])  # 1 - cos(e(prompt), e(chosen))
+DISTANCES = pa.schema(list(PAIRS) + [("semantic_distance", pa.float64())])  # the weigh stage: 1 - cos(e(prompt), e(chosen)); alpha-free
 
 REFERENCE = pa.schema(
     [

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning of the base rewriter on (original, rewrite) pairs: the SFT baseline."""
+"""The SFT stage: supervised fine-tuning of the base rewriter on (original, rewrite) pairs (the SFT
+baseline), checked on held-out pairs for rewrites that keep the prompt and stop by themselves."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+import pyarrow as pa
+
+from semdpo_core.checkpoints import pretrained_files
+from semdpo_core.context import Output, StageContext
+from semdpo_core.models import load_rewriter
+from semdpo_core.optim import mixed_precision, optimizer_step, warmup_then_linear_decay
+from semdpo_core.prompt_files import read_records
 from semdpo_core.rewriter import completion_nll, encode_pairs, generate_with_stops
-from semdpo_core.train import mixed_precision, optimizer_step, warmup_then_linear_decay
+from semdpo_core.schemas import SFT_LOG
+from semdpo_core.world.grammar import content_words as world_content_words
+from semdpo_core.world.sources import PREFIX as WORLD_PREFIX
 
 log = logging.getLogger("semdpo.sft")
 
@@ -111,3 +121,26 @@ def check_rewrites(
     if (result["keeps_content"] < CONTENT_TARGET or result["ends_with_eos"] < STOP_TARGET):
         log.warning("the SFT rewriter misses a target: more sft.epochs (or pairs) would help; later stages run on it as it is")
     return result
+
+
+def sft_stage(ctx: StageContext) -> Output:
+    """Fine-tune the base rewriter on the SFT pairs, then check its rewrites of held-out originals."""
+    s, c = ctx.settings, ctx.settings.sft
+    records = read_records(s.pairs.path, ["original", "rewrite"])
+    model, tokenizer = load_rewriter(c.base_model, ctx.device)
+    # the last pairs stay out of training; the check below rewrites those of their originals never trained on
+    train = records[: len(records) - held_out_share(len(records), c.check_pairs)]
+    history = train_sft(
+        model, tokenizer, [r.fields["original"] for r in train], [r.fields["rewrite"] for r in train],
+        epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, max_length=c.max_length,
+        seed=s.seed, precision=c.precision, lr_schedule=c.lr_schedule,
+    )
+    world = s.pairs.path.startswith(WORLD_PREFIX)  # the world knows its content words exactly
+    seen = {r.fields["original"] for r in train}
+    unseen = list(dict.fromkeys(r.fields["original"] for r in records[len(train) :] if r.fields["original"] not in seen))
+    check = check_rewrites(
+        model, tokenizer, unseen, content_words=world_content_words if world else plain_content_words,
+        max_new_tokens=c.check_max_new_tokens, batch_size=c.batch_size,
+    )
+    return Output(pa.Table.from_pylist(history, schema=SFT_LOG), files=pretrained_files(model, tokenizer),
+                  meta={"pairs": len(train), "final_loss": history[-1]["loss"], **check})

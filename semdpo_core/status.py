@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from semdpo_core.config import PipelineConfig
-from semdpo_core.plan import flat_refs, plan_pipeline
+from semdpo_core.plan import plan_pipeline
 from semdpo_core.store import ArtifactStore, DatasetRef
 
 
@@ -35,4 +35,4 @@ def stage_status(store: ArtifactStore, label: str, ref: DatasetRef) -> StageStat
 def pipeline_status(config: PipelineConfig) -> list[StageStatus]:
     """The status of every planned output of `config`, in pipeline order."""
     store = ArtifactStore(config.store_root())
-    return [stage_status(store, label, ref) for label, ref in flat_refs(plan_pipeline(config))]
+    return [stage_status(store, label, ref) for label, ref in plan_pipeline(config).outputs()]

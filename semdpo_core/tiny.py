@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -16,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from semdpo_core.image_reward_net import ImageRewardModel, add_blip_tokens
+from semdpo_core.prompt_files import read_records
+from semdpo_core.world.tokenizer import build_tokenizer
 
 TINY_VERSION = 6
 CLIP_MAX_LENGTH = 77
@@ -25,8 +30,6 @@ def build_rewriter(path: Path, seed: int) -> None:
     """A GPT-2 style causal LM with a byte-level BPE tokenizer trained on the demo text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    from semdpo_core.prompts import read_records
 
     texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts") for r in read_records(f"demo:{s}", ["prompt"])]
     texts += [v for r in read_records("demo:sft_pairs", ["original", "rewrite"]) for v in r.fields.values()]
@@ -66,8 +69,6 @@ def build_world_rewriter(path: Path, seed: int) -> None:
     """A GPT-2 causal LM over the synthetic world's word-level vocabulary (semdpo_core.world.tokenizer):
     small enough to learn, on a CPU in a minute of SFT, to copy a prompt and append style words."""
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from semdpo_core.world.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
@@ -161,10 +162,6 @@ def build_clip(path: Path, seed: int) -> None:
 
 def _demo_words() -> list[str]:
     """The lower-cased words of the demo text, for a tiny BERT WordPiece vocabulary."""
-    import re
-
-    from semdpo_core.prompts import read_records
-
     texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts") for r in read_records(f"demo:{s}", ["prompt"])]
     return sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower())})
 
@@ -174,21 +171,17 @@ def _blip_tokenizer(folder: Path) -> Any:
     special tokens BLIP adds ([DEC], [ENC])."""
     from transformers import BertTokenizer
 
-    from semdpo_core.scorers.image_reward import blip_tokenizer
-
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _demo_words()
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    return blip_tokenizer(str(folder))
+    return add_blip_tokens(BertTokenizer.from_pretrained(str(folder)))
 
 
 def build_image_reward(path: Path, seed: int) -> None:
     """ImageReward's files at toy width: ImageReward.pt (official key names), med_config.json and
     a BERT tokenizer folder, exactly the layout of the THUDM/ImageReward repo plus its tokenizer."""
     from transformers import BlipTextConfig, BlipVisionConfig
-
-    from semdpo_core.scorers.image_reward import ImageRewardModel
 
     vocab_size = len(_blip_tokenizer(path / "tokenizer"))  # + [DEC] and [ENC], as BLIP adds them
     med_config = {

@@ -1,4 +1,4 @@
-"""Offline semantic distances d(x, y_w) = 1 - cos(e(x), e(y_w)); Sem-DPO's W = exp(-alpha * d).
+"""The weigh stage: offline semantic distances d(x, y_w) = 1 - cos(e(x), e(y_w)); Sem-DPO's W = exp(-alpha * d).
 
 The distances do not depend on alpha, so an alpha sweep reuses them; the trainer turns them
 into weights once, before its loop.
@@ -13,11 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from semdpo_core.context import StageContext
+from semdpo_core.inference import loaded
 from semdpo_core.models import check_vocab, pretrained, resolve
+from semdpo_core.pairs import pairs_shard
 
 
 def clip_text_config(config: Any) -> Any:
@@ -87,3 +91,12 @@ def semantic_distances(encoder: Any, prompts: list[str], chosen: list[str], batc
         d = cosine_distance(encoder.encode(prompts[start:stop], batch_size), encoder.encode(chosen[start:stop], batch_size))
         distances.append(d.clamp(min=0.0))
     return torch.cat(distances).double().tolist() if distances else []
+
+
+def weigh_shard(ctx: StageContext, shard: int) -> pa.Table:
+    """Shard `shard`'s pairs with the semantic distance of each chosen rewrite from its prompt (DISTANCES)."""
+    s = ctx.settings
+    table = pairs_shard(ctx.store, ctx.inputs["pairs"], shard, s.shard_size)
+    encoder = loaded(SemanticEncoder, s.encoder, ctx.device)
+    distance = semantic_distances(encoder, table.column("prompt").to_pylist(), table.column("chosen").to_pylist(), s.batch_size)
+    return table.append_column("semantic_distance", pa.array(distance, pa.float64()))

@@ -38,13 +38,13 @@ def run_world(directory: Path, name: str, seed: int, store: Path | None = None) 
     assert pipeline(config_path=str(path), return_state=True).is_completed()
     config = load_config(path)
     plan, store_ = plan_pipeline(config), ArtifactStore(config.store_root())
-    rows = store_.read_table(plan["evaluate"], EVALUATION).drop(["image"]).to_pylist()
+    rows = store_.read_table(plan.ref("evaluate"), EVALUATION).drop(["image"]).to_pylist()
     means: dict[str, dict[str, float]] = {}
     for method in ("sft", "dpo", "sem_dpo"):
         mine = [r for r in rows if r["method"] == method]
         means[method] = {m: statistics.fmean(dict(r["scores"])[m] for r in mine) for m in (PREFERENCE, ALIGNMENT, "pick")}
         means[method][DISTANCE] = statistics.fmean(r[DISTANCE] for r in mine)
-    means["sft_check"] = store_.manifest(plan["sft"])["meta"]
+    means["sft_check"] = store_.manifest(plan.ref("sft"))["meta"]
     print(f"\nseed {seed} ({name}):", {m: {k: round(v, 4) for k, v in d.items() if isinstance(v, float)} for m, d in means.items()})
     return means
 
@@ -91,14 +91,14 @@ def test_sem_dpo_drifts_less_than_dpo(runs):
 
 def test_swapped_pairs_make_dpo_unlearn(runs, monkeypatch):
     """The same seed-0 run with chosen and rejected swapped in `pairs` (everything upstream reused)."""
-    import tasks.label
+    import semdpo_core.pairs
 
     directory, results = runs
     store = directory / "swapped"
     shutil.copytree(directory / "seed0", store)
     for stage in ("pairs", "weigh", "reference", "train", "evaluate", "report"):
         shutil.rmtree(store / stage, ignore_errors=True)
-    select = tasks.label.select_pairs
-    monkeypatch.setattr(tasks.label, "select_pairs", lambda *a, **k: swapped(select(*a, **k)))
+    select = semdpo_core.pairs.select_pairs
+    monkeypatch.setattr(semdpo_core.pairs, "select_pairs", lambda *a, **k: swapped(select(*a, **k)))
     bad = run_world(directory, "swapped", 0, store)
     assert bad["dpo"][PREFERENCE] < bad["sft"][PREFERENCE] < results[0]["dpo"][PREFERENCE], bad

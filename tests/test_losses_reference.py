@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from semdpo_core.losses import (
-    BetaDPO, additive_loss, dpo_logits, dpo_loss, hard_filter_loss, ipo_loss, kto_kl, kto_loss, orpo_loss, sem_dpo_loss,
+    BetaDPO, additive_loss, dpo_logits, dpo_loss, ipo_loss, kto_kl, kto_loss, orpo_loss, sem_dpo_loss, semantic_filter,
 )
 
 trl = pytest.importorskip("trl")
@@ -133,7 +133,8 @@ def test_orpo_odds_ratio_term_equals_trl(seed):
 
 def test_hard_filter_by_hand():
     logps = [torch.tensor([-5.0, -5.0, -5.0]), torch.tensor([-7.0, -7.0, -7.0]), torch.tensor([-6.0] * 3), torch.tensor([-6.5] * 3)]
-    loss = hard_filter_loss(*logps, beta=0.1, semantic_distance=torch.tensor([0.1, 0.3, 0.30001]), tau=0.3)
+    keep = semantic_filter(torch.tensor([0.1, 0.3, 0.30001]), tau=0.3)  # the hard filter is DPO weighted by 1{d <= tau}
+    loss = sem_dpo_loss(*logps, beta=0.1, semantic_weight=keep.float())
     one = math.log1p(math.exp(-0.15))  # -log sigmoid(0.1 * 1.5)
     assert loss.tolist() == pytest.approx([one, one, 0.0], abs=1e-7)
 

@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from semdpo_core.label import select_pairs
+from semdpo_core.pairs import select_pairs
 from semdpo_core.schemas import CANDIDATES
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from semdpo_core.config import load_config
-from semdpo_core.plan import flat_refs, plan_pipeline
+from semdpo_core.plan import plan_pipeline
 from semdpo_core.schemas import EVALUATION, PAIRS
 from semdpo_core.store import ArtifactStore
 from tests.servers import final_task_states
@@ -28,7 +28,7 @@ def small_config(tmp_path: Path, store: str, **extra) -> Path:
 def manifests(config_path: Path, overrides=()) -> dict[str, dict]:
     config = load_config(config_path, list(overrides))
     store = ArtifactStore(config.store_root())
-    return {label: store.manifest(ref) for label, ref in flat_refs(plan_pipeline(config))}
+    return {label: store.manifest(ref) for label, ref in plan_pipeline(config).outputs()}
 
 
 def task_states(flow_run_id) -> list[str]:
@@ -49,15 +49,15 @@ def test_pipeline_runs_reruns_and_reproduces(tmp_path, prefect_server):
     first = manifests(config)
     cfg = load_config(config)
     store, plan = ArtifactStore(cfg.store_root()), plan_pipeline(cfg)
-    evaluation = store.read_table(plan["evaluate"], EVALUATION)
+    evaluation = store.read_table(plan.ref("evaluate"), EVALUATION)
     assert evaluation.num_rows == 4 * 4
     assert sorted(set(evaluation.column("method").to_pylist())) == ["dpo", "human", "sem_dpo", "sft"]
     assert set(evaluation.column("dataset").to_pylist()) == {"demo"}
     assert all(r["rewrite_tokens"] > 0 and r["image_drift"] > 0 for r in evaluation.to_pylist())
-    report = store.read_file(plan["report"], "report.md").decode()
+    report = store.read_file(plan.ref("report"), "report.md").decode()
     for heading in ("Scores per dataset", "token length", "Head to head: sem_dpo", "Proposition 2", "samples.png"):
         assert heading in report
-    pairs = store.read_table(plan["pairs"], PAIRS)
+    pairs = store.read_table(plan.ref("pairs"), PAIRS)
     assert pairs.num_rows > 0 and all(r["chosen_reward"] > r["rejected_reward"] for r in pairs.to_pylist())
 
     # a rerun does no work: every task Cached, every manifest untouched
@@ -98,17 +98,17 @@ def test_several_datasets_and_an_alpha_sweep_in_one_report(tmp_path, prefect_ser
     pipeline(config_path=str(config))
     cfg = load_config(config)
     store, plan = ArtifactStore(cfg.store_root()), plan_pipeline(cfg)
-    rows = store.read_table(plan["evaluate"], EVALUATION).select(["method", "dataset"]).to_pylist()
+    rows = store.read_table(plan.ref("evaluate"), EVALUATION).select(["method", "dataset"]).to_pylist()
     methods = ["human", "sft", "sem_dpo@alpha=0", "sem_dpo@alpha=4"]
     assert sorted((r["method"], r["dataset"]) for r in rows) == sorted(
         (m, d) for m in methods for d, n in (("coco", 3), ("lexica", 2)) for _ in range(n)
     )
-    files = {f["name"] for f in store.manifest(plan["report"])["files"]}
+    files = {f["name"] for f in store.manifest(plan.ref("report"))["files"]}
     for dataset in ("coco", "lexica"):
         for y in ("hps_v21", "pick_score"):
             assert f"plots/scatter-{dataset}-clip_score-vs-{y}.png" in files
             assert f"plots/alpha-sweep-{dataset}-clip_score-vs-{y}.png" in files
-    assert "Head to head: sem_dpo@alpha=0" in store.read_file(plan["report"], "report.md").decode()
+    assert "Head to head: sem_dpo@alpha=0" in store.read_file(plan.ref("report"), "report.md").decode()
 
 
 def test_bad_prompt_file_stops_the_run_before_any_stage(tmp_path):

@@ -1,6 +1,8 @@
-"""Sharded stages on a local Ray instance (prefect-ray's task runner) write the same parts as
-the default runner. CPU float results depend on the thread count, and Ray gives each shard task
-one thread, so both runs here use one thread."""
+"""On a local Ray instance (prefect-ray's task runner) the sharded stages' shards and the training
+runs are tasks that run at the same time, and write the same parts and checkpoints as the
+default runner. The Ray run also differs in every runtime setting (device, store, checkpoint
+interval, render.compile), which must change no output. CPU float results depend on the thread
+count, and Ray gives each task one thread, so both runs here use one thread."""
 
 import os
 import subprocess
@@ -11,18 +13,21 @@ import pytest
 import yaml
 
 from semdpo_core.config import load_config
-from semdpo_core.plan import flat_refs, plan_pipeline
+from semdpo_core.plan import plan_pipeline
 from semdpo_core.store import ArtifactStore
-from tests.small import SMALL
+from tests.small import SMALL, merged
 
 pytest.importorskip("prefect_ray")
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
+LONGER = {"train": {"epochs": 4}}  # a few steps per run, so that two runs at once visibly overlap
+RUNTIME = {"device": "cpu", "render": {"compile": True}, "train": {"epochs": 4, "checkpoint_every": 1}}
 
 
-def run(tmp_path: Path, runner: dict) -> tuple[Path, subprocess.CompletedProcess]:
+def run(tmp_path: Path, runner: dict, extra: dict | None = None) -> tuple[Path, subprocess.CompletedProcess]:
     config = tmp_path / f"{runner['kind']}.yaml"
-    config.write_text(yaml.safe_dump({**SMALL, "runner": runner, "store": str(tmp_path / runner["kind"])}))
+    config.write_text(yaml.safe_dump(merged({**SMALL, "runner": runner, "store": str(tmp_path / runner["kind"])},
+                                            extra or {})))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True, text=True,
                             env=env, cwd=ROOT, timeout=900)
@@ -30,17 +35,30 @@ def run(tmp_path: Path, runner: dict) -> tuple[Path, subprocess.CompletedProcess
     return config, result
 
 
-def digests(config: Path) -> dict[str, list[str]]:
+def manifests(config: Path) -> dict[str, dict]:
     cfg = load_config(config)
     store = ArtifactStore(cfg.store_root())
-    return {label: [p["sha256"] for p in store.manifest(ref)["parts"]] for label, ref in flat_refs(plan_pipeline(cfg))}
+    return {label: store.manifest(ref) for label, ref in plan_pipeline(cfg).outputs()}
 
 
-def test_ray_runner_writes_the_same_parts_as_the_local_runner(tmp_path):
-    local, _ = run(tmp_path, {"kind": "local"})
-    on_ray, result = run(tmp_path, {"kind": "ray", "num_cpus": 2})
+def digests(manifest: dict) -> tuple[list[str], dict[str, str]]:
+    return [p["sha256"] for p in manifest["parts"]], {f["name"]: f["sha256"] for f in manifest["files"]}
+
+
+def test_ray_runner_runs_shards_and_training_runs_at_once_and_writes_the_same_outputs(tmp_path):
+    local, _ = run(tmp_path, {"kind": "local"}, LONGER)
+    on_ray, result = run(tmp_path, {"kind": "ray", "num_cpus": 2}, RUNTIME)
     log = result.stdout + result.stderr
     for stage in ("candidates", "render", "label", "weigh", "reference", "evaluate"):
         assert "Beginning subflow run" in log and f"{stage}-shards-on-ray" in log, stage
-    assert digests(on_ray) == digests(local)
-    assert len(digests(local)["render"]) == 2  # 8 prompts, 4 per shard
+    assert "train-runs-on-ray" in log
+    a, b = manifests(local), manifests(on_ray)
+    assert list(a) == list(b)
+    for label in a:
+        if label != "report":  # its markdown links to the plots by their path in each store
+            assert digests(a[label]) == digests(b[label]), label
+    assert digests(a["report"])[0] == digests(b["report"])[0]
+    assert len(a["render"]["parts"]) == 2  # 8 prompts, 4 per shard
+    # the two training runs overlapped on Ray: each started before the other finished
+    runs = [b[f"train:{m}"]["meta"] for m in ("dpo", "sem_dpo")]
+    assert max(r["started"] for r in runs) < min(r["finished"] for r in runs), runs

@@ -15,7 +15,7 @@ import yaml
 
 from semdpo_core.backends import StoreUnavailable
 from semdpo_core.config import load_config
-from semdpo_core.plan import flat_refs, plan_pipeline
+from semdpo_core.plan import plan_pipeline
 from semdpo_core.store import ArtifactStore
 from tests.small import TINY_YAML, tiny_profile
 
@@ -41,7 +41,7 @@ def write_config(tmp_path: Path, name: str, store: str) -> Path:
 def part_digests(config_path: Path) -> dict[str, list[str]]:
     config = load_config(config_path)
     store = ArtifactStore(config.store_root())
-    return {label: [p["sha256"] for p in store.manifest(ref)["parts"]] for label, ref in flat_refs(plan_pipeline(config))}
+    return {label: [p["sha256"] for p in store.manifest(ref)["parts"]] for label, ref in plan_pipeline(config).outputs()}
 
 
 def run_cli(config: Path, **kwargs) -> subprocess.CompletedProcess:
@@ -70,7 +70,7 @@ def test_runs_killed_mid_render_and_mid_training_resume_where_they_stopped(tmp_p
 
     config = write_config(tmp_path, "killed", str(tmp_path / "killed"))
     plan = plan_pipeline(load_config(config))
-    render_dir = tmp_path / "killed" / plan["render"].prefix
+    render_dir = tmp_path / "killed" / plan.ref("render").prefix
     kill_when(start_cli(config), lambda: len(list((render_dir / "_shards").glob("*.json"))) >= 2)
     committed = sorted((render_dir / "_shards").glob("*.json"))
     assert 2 <= len(committed) < 6, "the kill should land in the middle of the render stage"
@@ -78,9 +78,9 @@ def test_runs_killed_mid_render_and_mid_training_resume_where_they_stopped(tmp_p
     parts = {p.name.removesuffix(".json"): (render_dir / p.name.removesuffix(".json")).stat() for p in committed}
 
     # second run: killed during DPO training, once a checkpoint past step 4 is in the store
-    checkpoints = tmp_path / "killed" / plan["train"]["dpo"].prefix / "_checkpoints"
+    checkpoints = tmp_path / "killed" / plan.train["dpo"].prefix / "_checkpoints"
     kill_when(start_cli(config), lambda: (checkpoints / "step-000000004" / "_index.json").exists())
-    assert not (tmp_path / "killed" / plan["train"]["dpo"].prefix / "_manifest.json").exists()
+    assert not (tmp_path / "killed" / plan.train["dpo"].prefix / "_manifest.json").exists()
     newest = max(int(p.name.split("-")[1]) for p in checkpoints.iterdir() if (p / "_index.json").exists())
     for name, before in parts.items():  # committed render parts were not rewritten
         after = (render_dir / name).stat()
@@ -90,7 +90,7 @@ def test_runs_killed_mid_render_and_mid_training_resume_where_they_stopped(tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "render: reusing" in log or "Cached" in log
-    total = ArtifactStore(load_config(config).store_root()).manifest(plan["pairs"])["rows"] * SMALL["train"]["epochs"]
+    total = ArtifactStore(load_config(config).store_root()).manifest(plan.ref("pairs"))["rows"] * SMALL["train"]["epochs"]
     assert f"dpo: resuming from the checkpoint at step {newest} of {total}" in log
     assert part_digests(config) == part_digests(reference)
 
@@ -98,12 +98,12 @@ def test_runs_killed_mid_render_and_mid_training_resume_where_they_stopped(tmp_p
 def test_render_shard_log_counts_reused_and_computed(tmp_path):
     config = write_config(tmp_path, "counted", str(tmp_path / "counted"))
     plan = plan_pipeline(load_config(config))
-    render_dir = tmp_path / "counted" / plan["render"].prefix
+    render_dir = tmp_path / "counted" / plan.ref("render").prefix
     kill_when(start_cli(config), lambda: len(list((render_dir / "_shards").glob("*.json"))) >= 2)
     done = len(list((render_dir / "_shards").glob("*.json")))
     result = run_cli(config)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"render {plan['render']}: 6 shards, {done} reused, {6 - done} to compute" in result.stdout + result.stderr
+    assert f"render {plan.ref('render')}: 6 shards, {done} reused, {6 - done} to compute" in result.stdout + result.stderr
 
 
 def test_damaged_part_is_recomputed_not_read(tmp_path, prefect_server):
@@ -113,7 +113,7 @@ def test_damaged_part_is_recomputed_not_read(tmp_path, prefect_server):
     pipeline(config_path=str(config))
     before = part_digests(config)
     cfg = load_config(config)
-    render = plan_pipeline(cfg)["render"]
+    render = plan_pipeline(cfg).ref("render")
     part = tmp_path / "damaged" / render.prefix / "part-00003.parquet"
     data = bytearray(part.read_bytes())
     data[100] ^= 0xFF
@@ -132,8 +132,8 @@ def test_tiny_profile_pipeline_on_s3(s3_bucket, prefect_server):
     assert [line.split()[0] for line in table.splitlines()[2:]] == methods
     config = load_config(TINY_YAML, [f"store={s3_bucket}"])
     store = ArtifactStore(s3_bucket)
-    assert all(store.is_committed(ref) and not store.invalid_entries(ref) for _, ref in flat_refs(plan_pipeline(config)))
-    assert store.num_parts(plan_pipeline(config)["render"]) == 3
+    assert all(store.is_committed(ref) and not store.invalid_entries(ref) for _, ref in plan_pipeline(config).outputs())
+    assert store.num_parts(plan_pipeline(config).ref("render")) == 3
 
 
 def test_s3_outage_mid_run_fails_clearly_and_the_rerun_completes(tmp_path, s3_server, s3_bucket, prefect_server, monkeypatch):
@@ -142,7 +142,7 @@ def test_s3_outage_mid_run_fails_clearly_and_the_rerun_completes(tmp_path, s3_se
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     config = write_config(tmp_path, "s3", s3_bucket)
     cfg = load_config(config)
-    render = plan_pipeline(cfg)["render"]
+    render = plan_pipeline(cfg).ref("render")
     bucket, prefix = s3_bucket.removeprefix("s3://").split("/", 1)
     direct = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"].replace(str(s3_server.port), str(s3_server.target_port)))
 
@@ -167,7 +167,7 @@ def test_s3_outage_mid_run_fails_clearly_and_the_rerun_completes(tmp_path, s3_se
     assert kept, "shards committed before the outage are kept"
     table = pipeline(config_path=str(config))
     assert "sem_dpo" in table
-    assert all(store.is_committed(ref) for _, ref in flat_refs(plan_pipeline(cfg)))
+    assert all(store.is_committed(ref) for _, ref in plan_pipeline(cfg).outputs())
 
 
 def test_prefect_flow_run_retry_continues_a_failed_run(tmp_path, prefect_server):
@@ -185,8 +185,8 @@ def test_prefect_flow_run_retry_continues_a_failed_run(tmp_path, prefect_server)
     state = pipeline(config_path=str(config), return_state=True)
     assert state.is_failed()
     plan = plan_pipeline(load_config(config))
-    render_dir = tmp_path / "retry" / plan["render"].prefix
-    assert (render_dir / "_manifest.json").exists() and not (tmp_path / "retry" / plan["label"].prefix / "_manifest.json").exists()
+    render_dir = tmp_path / "retry" / plan.ref("render").prefix
+    assert (render_dir / "_manifest.json").exists() and not (tmp_path / "retry" / plan.ref("label").prefix / "_manifest.json").exists()
     before = {p.name: p.stat().st_mtime_ns for p in render_dir.glob("part-*.parquet")}
 
     shutil.copytree(resolve("tiny:pickscore"), reward_model)
@@ -197,9 +197,9 @@ def test_prefect_flow_run_retry_continues_a_failed_run(tmp_path, prefect_server)
         capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert all(store_ref_done(config, ref) for _, ref in flat_refs(plan))
+    assert all(store_ref_done(config, ref) for _, ref in plan.outputs())
     assert {p.name: p.stat().st_mtime_ns for p in render_dir.glob("part-*.parquet")} == before  # not redone
-    assert f"render {plan['render']}: 6 shards, 6 reused, 0 to compute" in result.stdout + result.stderr
+    assert f"render {plan.ref('render')}: 6 shards, 6 reused, 0 to compute" in result.stdout + result.stderr
 
 
 def store_ref_done(config_path: Path, ref) -> bool:

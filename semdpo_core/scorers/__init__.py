@@ -17,22 +17,15 @@ random-weight build (`tiny:NAME`) for `configs/tiny.yaml`:
 
 from __future__ import annotations
 
-import io
-from typing import Protocol
-
 import torch
-from PIL import Image
 
 from semdpo_core.config import ScorerConfig
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the image normalisation BLIP, ImageReward and HPS share
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class Scorer(Protocol):
-    device: torch.device
-
-    def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]: ...
+from semdpo_core.scorers.base import CLIP_MEAN, CLIP_STD, Scorer, decode_png, encode_png  # noqa: F401 (the package's face)
+from semdpo_core.scorers.blip_itm import BlipItmScorer
+from semdpo_core.scorers.clip import ClipScorer
+from semdpo_core.scorers.hps import OpenClipScorer
+from semdpo_core.scorers.image_reward import ImageRewardScorer
+from semdpo_core.world.scorers import AlignmentScorer, PreferenceScorer
 
 
 def load_scorer(config: ScorerConfig, device: torch.device) -> Scorer:
@@ -40,19 +33,11 @@ def load_scorer(config: ScorerConfig, device: torch.device) -> Scorer:
     if config.kind == "world":
         return world_scorer(config.model)
     if config.kind in ("clip", "pickscore"):
-        from semdpo_core.scorers.clip import ClipScorer
-
         return ClipScorer.load(config.model, config.processor, device, scale_by_logit=config.kind == "pickscore")
     if config.kind == "image_reward":
-        from semdpo_core.scorers.image_reward import ImageRewardScorer
-
         return ImageRewardScorer.load(config.model, config.processor, device)
     if config.kind == "blip_itm":
-        from semdpo_core.scorers.blip_itm import BlipItmScorer
-
         return BlipItmScorer.load(config.model, config.processor, device)
-    from semdpo_core.scorers.hps import OpenClipScorer
-
     if config.kind == "hpsv2":
         return OpenClipScorer.hpsv2(config.model, config.architecture, device)
     if config.architecture is None:
@@ -65,18 +50,6 @@ WORLD_SCORERS = ("world:alignment", "world:aesthetic", "world:pick")
 
 def world_scorer(model: str) -> Scorer:
     """The synthetic world's alignment scorer or one of its two preference tastes (CPU, no weights)."""
-    from semdpo_core.world.scorers import AlignmentScorer, PreferenceScorer
-
     if model not in WORLD_SCORERS:
         raise ValueError(f"unknown world scorer {model!r}; choose one of {', '.join(WORLD_SCORERS)}")
     return AlignmentScorer() if model == "world:alignment" else PreferenceScorer(model.removeprefix("world:"))
-
-
-def decode_png(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
-
-
-def encode_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

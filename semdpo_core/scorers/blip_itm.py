@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from semdpo_core.models import inference_dtype, pretrained
-from semdpo_core.scorers import CLIP_MEAN, CLIP_STD
+from semdpo_core.scorers.base import CLIP_MEAN, CLIP_STD
 from semdpo_core.scorers.image_reward import MAX_PROMPT_TOKENS
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from semdpo_core.models import ModelNotFound, inference_dtype, model_file, resolve
-from semdpo_core.scorers import CLIP_MEAN, CLIP_STD
+from semdpo_core.scorers.base import CLIP_MEAN, CLIP_STD
 
 HPS_CHECKPOINT = "HPS_v2.1_compressed.pt"
 HPS_ARCHITECTURE = "ViT-H-14"

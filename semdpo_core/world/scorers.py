@@ -52,9 +52,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from semdpo_core.world.grammar import OBJECTS, SETTINGS, SIZE_HEIGHT, STYLES, Scene, Thing, parse
+from semdpo_core.world.grammar import OBJECTS, SETTINGS, SIZE_HEIGHT, STYLES, Scene, Thing, parse, train_prompts
 from semdpo_core.world.render import (
-    apply_styles, box_blur, luminance, object_height, paint_background, silhouette, total_effect,
+    apply_styles, box_blur, luminance, object_height, paint_background, render_scene, silhouette, total_effect,
 )
 
 COLOUR_CLASSES: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "white", "black")
@@ -345,9 +345,6 @@ class PreferenceScorer:
 
 def reference_statistics(n: int = 400, size: int = 64) -> dict[str, tuple[float, float]]:
     """Mean and sd of each statistic over unstyled renders of train prompts: how REFERENCE was measured."""
-    from semdpo_core.world.grammar import train_prompts
-    from semdpo_core.world.render import render_scene
-
     prompts = train_prompts(n, seed=0)
     rows = []
     for k, p in enumerate(prompts):

@@ -1,0 +1,75 @@
+"""prefect.yaml, written from the stage table: the whole pipeline, and one deployment per stage
+on its stage's work pool. `python -m deployments.prefect_yaml` rewrites the file; a test checks
+that the checked-in file is what this writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from semdpo_core.stages import STAGES
+
+PREFECT_FILE = Path(__file__).resolve().parent.parent / "prefect.yaml"
+PREFECT_VERSION = "3.8.8"
+
+HEADER = f"""\
+# Deployments of the semdpo pipeline: the whole pipeline, and each stage alone.
+# Written from the stage table (semdpo_core/stages.py) by `python -m deployments.prefect_yaml`;
+# edit that, not this file. `semdpo deploy` creates the two work pools and registers all of
+# these (`prefect deploy --all`).
+# Parameters: config_path (a YAML config on the worker; null: the offline default), overrides
+# (["section.field=value", ...]) and, for the stage deployments, the stage to run alone.
+name: semdpo
+prefect-version: {PREFECT_VERSION}
+
+build: null
+push: null
+pull:
+  # workers run the flows from the project's checkout (the Docker images have it at /opt/semdpo)
+  - prefect.deployments.steps.set_working_directory:
+      directory: "{{{{ $SEMDPO_PROJECT_DIR }}}}"
+
+definitions:
+  work_pools:
+    gpu: &gpu
+      name: semdpo-gpu
+      work_queue_name: default
+    cpu: &cpu
+      name: semdpo-cpu
+      work_queue_name: default
+
+deployments:
+  - name: pipeline
+    description: The whole Sem-DPO pipeline, from prompts to the evaluation report.
+    entrypoint: flows/pipeline.py:pipeline
+    parameters:
+      config_path: null
+      overrides: []
+    work_pool: *gpu
+    schedules:
+      # nightly; off until switched on (prefect deployment set-schedule / the UI), so a fresh
+      # `prefect deploy --all` starts nothing
+      - cron: "0 2 * * *"
+        timezone: UTC
+        active: false
+"""
+
+STAGE_DEPLOYMENT = """\
+  - name: {name}
+    description: The {name} stage alone (its upstream stages must be in the store).
+    entrypoint: flows/pipeline.py:pipeline
+    parameters:
+      config_path: null
+      overrides: []
+      stage: {name}
+    work_pool: *{pool}
+"""
+
+
+def render() -> str:
+    """The text of prefect.yaml."""
+    return HEADER + "".join(STAGE_DEPLOYMENT.format(name=stage.name, pool=stage.pool) for stage in STAGES)
+
+
+if __name__ == "__main__":
+    PREFECT_FILE.write_text(render())
+    print(f"wrote {PREFECT_FILE} ({len(STAGES)} stage deployments)")

@@ -1,0 +1,80 @@
+"""What a stage's computation may read: the settings its fingerprint hashes, and the runtime.
+
+A content-addressed pipeline silently reuses a stale result when a stage reads a setting that
+its fingerprint does not hash. So a stage never sees the config: the stage table
+(`semdpo_core/stages.py`) declares the settings each stage depends on, the plan hashes exactly
+those into the fingerprint, and the computation gets them as a read-only `Settings` view, in
+which any other name is an error. What changes how a stage runs but never what it writes (the
+device, the store, the runner, `render.compile`, `train.checkpoint_every`) comes apart, as the
+`Runtime`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class SettingNotHashed(AttributeError, KeyError):
+    """A stage read a setting that its fingerprint does not hash."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input file (or built-in dataset) that a stage reads: the stage reads `path`, its
+    fingerprint hashes `digest` (the bytes), so moving a file reuses, editing it reruns."""
+
+    path: str
+    digest: str
+
+    def __str__(self) -> str:  # what `store.fingerprint` hashes (json.dumps default=str)
+        return self.digest
+
+
+class Settings(Mapping[str, Any]):
+    """A read-only view of one stage's hashed settings, by attribute or by key; nested
+    sections are views too. Reading a name the stage did not declare raises SettingNotHashed."""
+
+    def __init__(self, stage: str, values: Mapping[str, Any], path: str = ""):
+        self._stage, self._values, self._path = stage, dict(values), path
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self[name]
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._values:
+            raise SettingNotHashed(
+                f"stage {self._stage!r} read setting {self._path}{name!r}, which its fingerprint does not hash; "
+                f"declare it in the stage's settings in semdpo_core/stages.py (it has {sorted(self._values)})"
+            )
+        value = self._values[name]
+        return Settings(self._stage, value, f"{self._path}{name}.") if isinstance(value, Mapping) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Settings({self._stage!r}, {self._values!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled for Ray workers; __getattr__ must not see a half-built view
+        return Settings, (self._stage, self._values, self._path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain values (nested sections as dicts): what the fingerprint hashes."""
+        return dict(self._values)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The settings a stage reads that no fingerprint hashes: how it runs, never what it writes."""
+
+    device: str = "auto"  # config.device
+    store: str = ""  # the store root
+    compile_unet: bool = False  # render.compile
+    checkpoint_every: int = 0  # train.checkpoint_every

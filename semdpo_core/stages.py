@@ -1,0 +1,244 @@
+"""The stage table: one declaration per stage, in pipeline order.
+
+Each stage names the stages it reads (in the order its fingerprint hashes them), the settings it
+depends on, its schema, how it is sharded, the work pool it runs on and its computation. The plan
+(`semdpo_core/plan.py`) hashes exactly the declared settings into the stage's fingerprint and hands
+the computation those settings and nothing else (`semdpo_core/settings.py`); the flow runs the
+stages in this order; `prefect.yaml` has a deployment per stage, checked against this table.
+
+Settings that change how a stage runs but never what it writes are the `Runtime` (`runtime`
+below): the device, the store, `render.compile` and `train.checkpoint_every`; `runner.*` only
+decides where tasks run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from semdpo_core.candidates import candidates_shard
+from semdpo_core.config import PipelineConfig
+from semdpo_core.context import StageContext
+from semdpo_core.evaluate import evaluate_shard
+from semdpo_core.fidelity import fidelity_shard
+from semdpo_core.label import label_shard
+from semdpo_core.methods import TrainRun, get_method, train_runs
+from semdpo_core.pairs import pairs_stage
+from semdpo_core.prompt_files import source_digest
+from semdpo_core.prompts import prompts_stage
+from semdpo_core.reference import reference_shard
+from semdpo_core.render import render_shard
+from semdpo_core.report import report_stage
+from semdpo_core.schemas import (
+    CANDIDATES, DISTANCES, EVALUATION, FIDELITY, IMAGES, PAIRS, PROMPTS, REFERENCE, REPORT_SCORES, REWARDS, SFT_LOG,
+    TRAIN_LOG,
+)
+from semdpo_core.settings import Runtime, Source
+from semdpo_core.sft import sft_stage
+from semdpo_core.train import train_stage
+from semdpo_core.weigh import weigh_shard
+
+SHARED_TRAIN_SETTINGS = (
+    "beta", "learning_rate", "batch_size", "gradient_accumulation_steps", "warmup_ratio", "max_grad_norm",
+    "precision", "epochs", "max_length",
+)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One dataset a stage writes in a plan: its label, its hashed settings, and the label of the
+    upstream output behind each input role (in fingerprint order)."""
+
+    label: str
+    settings: dict[str, Any]
+    inputs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline."""
+
+    name: str
+    inputs: tuple[str, ...]  # upstream stages read, by role = stage name (train and evaluate: see `outputs`)
+    settings: Callable[[PipelineConfig], dict[str, Any]]  # what the fingerprint hashes, and all the computation reads
+    schema: pa.Schema
+    pool: Literal["cpu", "gpu"]
+    compute: Callable[..., Any]  # (ctx) -> Output, or (ctx, shard) -> pa.Table when sharded
+    shards: Callable[[StageContext], int] | None = None  # None: one task computes the whole dataset
+    outputs: Callable[[PipelineConfig], list[Planned]] | None = None  # None: one output, if `needed`
+    needed: Callable[[PipelineConfig], bool] = lambda config: True
+    summary: str = ""
+
+    def planned(self, config: PipelineConfig) -> list[Planned]:
+        """The datasets this stage writes under `config` (none when it is not needed)."""
+        if self.outputs is not None:
+            return self.outputs(config)
+        if not self.needed(config):
+            return []
+        return [Planned(self.name, self.settings(config), {name: name for name in self.inputs})]
+
+
+def runtime(config: PipelineConfig) -> Runtime:
+    """What stages read that no fingerprint hashes: how they run, never what they write."""
+    return Runtime(device=config.device, store=config.store_root(), compile_unet=config.render.compile,
+                   checkpoint_every=config.train.checkpoint_every)
+
+
+def runs(config: PipelineConfig) -> list[TrainRun]:
+    return train_runs(config.train.methods, config.train.alphas())
+
+
+def evaluated_labels(config: PipelineConfig) -> list[str]:
+    """Methods to evaluate, in order: human input, SFT, then training runs (a method name covers its alphas)."""
+    wanted = config.evaluate.methods or ["human", "sft", *config.train.methods]
+    return [m for m in ("human", "sft") if m in wanted] + [run.label for run in runs(config) if run.method in wanted]
+
+
+def any_run_uses(config: PipelineConfig, need: str) -> bool:
+    return any(getattr(get_method(run.method), need) for run in runs(config))
+
+
+# --- settings: what each stage's fingerprint hashes ----------------------------------------------
+
+
+def _sharded(config: PipelineConfig) -> dict[str, Any]:
+    return {"shard_size": config.shard_size}
+
+
+def _render(config: PipelineConfig) -> dict[str, Any]:
+    return config.render.model_dump(exclude={"compile"})  # how the UNet runs, not what it draws: runtime
+
+
+def prompts_settings(config: PipelineConfig) -> dict[str, Any]:
+    """The data section, with the digest of every prompt file's bytes (an edited file reruns)."""
+    data = config.data.model_dump()
+    data["digests"] = {
+        "train_prompts": source_digest(config.data.train_prompts),
+        "test_prompts": {name: source_digest(source) for name, source in config.data.test_sets().items()},
+    }
+    return {"data": data, "tokenizer": config.sft.base_model, "seed": config.seed}
+
+
+def sft_settings(config: PipelineConfig) -> dict[str, Any]:
+    pairs = config.data.sft_pairs
+    return {"sft": config.sft.model_dump(), "pairs": Source(pairs, source_digest(pairs)), "seed": config.seed}
+
+
+def train_settings(config: PipelineConfig, run: TrainRun) -> dict[str, Any]:
+    """What a run's result depends on: the shared settings, its method, its alpha, its method's section."""
+    settings: dict[str, Any] = {k: getattr(config.train, k) for k in SHARED_TRAIN_SETTINGS}
+    settings["method"] = run.method
+    if run.alpha is not None:
+        settings["alpha"] = run.alpha
+    if get_method(run.method).section is not None:
+        settings[run.method] = getattr(config.train, run.method).model_dump()
+    settings["seed"] = config.seed
+    return settings
+
+
+def evaluate_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {"evaluate": config.evaluate.model_dump(), "methods": evaluated_labels(config), "render": _render(config),
+            "semantic_encoder": config.weigh.encoder, "seed": config.seed}
+
+
+def report_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {"report": config.report.model_dump(), "scorers": config.evaluate.model_dump()["scorers"],
+            "semantic_encoder": config.weigh.encoder}
+
+
+# --- outputs of the stages with more than one, or inputs that depend on the methods ---------------
+
+
+def train_outputs(config: PipelineConfig) -> list[Planned]:
+    """One dataset per training run, reading what its method declares."""
+    out = []
+    for run in runs(config):
+        method = get_method(run.method)
+        inputs = {"sft": "sft", "pairs": "weigh" if method.uses_distance else "pairs"}
+        if method.uses_reference:
+            inputs["reference"] = "reference"
+        if method.uses_fidelity:
+            inputs["fidelity"] = "fidelity"
+        out.append(Planned(f"train:{run.label}", train_settings(config, run), inputs))
+    return out
+
+
+def evaluate_outputs(config: PipelineConfig) -> list[Planned]:
+    """One dataset, reading the prompts, the SFT checkpoint and each evaluated run's checkpoint."""
+    trained = {run.label for run in runs(config)}
+    inputs = {"prompts": "prompts", "sft": "sft"}
+    inputs.update({label: f"train:{label}" for label in evaluated_labels(config) if label in trained})
+    return [Planned("evaluate", evaluate_settings(config), inputs)]
+
+
+# --- shard rules ----------------------------------------------------------------------------------
+
+
+def per_train_prompts(ctx: StageContext) -> int:
+    """One shard per `shard_size` training prompts."""
+    count = ctx.store.manifest(ctx.inputs["prompts"])["meta"]["train_prompts"]
+    return max(1, -(-count // ctx.settings.shard_size))
+
+
+def per_candidates_part(ctx: StageContext) -> int:
+    """One shard per part of the candidates (render, label and fidelity follow the candidates' shards)."""
+    return ctx.store.num_parts(ctx.inputs["candidates"])
+
+
+def per_pairs(ctx: StageContext) -> int:
+    """One shard per `shard_size` pairs."""
+    return max(1, -(-ctx.store.manifest(ctx.inputs["pairs"])["rows"] // ctx.settings.shard_size))
+
+
+def per_method(ctx: StageContext) -> int:
+    """One shard per evaluated method."""
+    return len(ctx.settings.methods)
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prompts", (), prompts_settings, PROMPTS, "cpu", prompts_stage,
+          summary="the prompt files (data.*) -> PROMPTS: train rows, then each test set's rows"),
+    Stage("sft", (), sft_settings, SFT_LOG, "gpu", sft_stage,
+          summary="data.sft_pairs -> SFT_LOG + the SFT checkpoint"),
+    Stage("candidates", ("prompts", "sft"), lambda c: {"candidates": c.candidates.model_dump(), "seed": c.seed,
+                                                       **_sharded(c)},
+          CANDIDATES, "gpu", candidates_shard, per_train_prompts,
+          summary="k sampled rewrites per train prompt, each with its render seed"),
+    Stage("render", ("candidates",), lambda c: {**_render(c), **_sharded(c)}, IMAGES, "gpu", render_shard,
+          per_candidates_part, summary="one PNG per candidate"),
+    Stage("label", ("candidates", "render"), lambda c: {**c.label.model_dump(), **_sharded(c)}, REWARDS, "gpu",
+          label_shard, per_candidates_part, summary="reward of each image vs its ORIGINAL prompt"),
+    Stage("fidelity", ("candidates", "render"), lambda c: {**c.fidelity.model_dump(), **_sharded(c)}, FIDELITY, "gpu",
+          fidelity_shard, per_candidates_part, needed=lambda c: any_run_uses(c, "uses_fidelity"),
+          summary="a text-fidelity score per image (only when a method uses fidelity)"),
+    Stage("pairs", ("candidates", "label"), lambda c: {}, PAIRS, "cpu", pairs_stage,
+          summary="per prompt, best = chosen, worst = rejected"),
+    Stage("weigh", ("pairs",), lambda c: {**c.weigh.model_dump(), **_sharded(c)}, DISTANCES, "gpu", weigh_shard,
+          per_pairs, summary="the pairs + semantic_distance d(x, y_w) (alpha-free)"),
+    Stage("reference", ("sft", "pairs"),
+          lambda c: {"max_length": c.train.max_length, "precision": c.train.precision,
+                     "batch_size": c.train.batch_size, **_sharded(c)},  # batched by train.batch_size: padding changes sums
+          REFERENCE, "gpu", reference_shard, per_pairs, needed=lambda c: any_run_uses(c, "uses_reference"),
+          summary="log ref(y_w), log ref(y_l), KTO's log ref(y'), token counts"),
+    Stage("train", ("sft", "pairs", "weigh", "reference", "fidelity"), lambda c: {}, TRAIN_LOG, "gpu", train_stage,
+          outputs=train_outputs, summary="TRAIN_LOG + the policy checkpoint, one dataset per run"),
+    Stage("evaluate", ("prompts", "sft", "train"), evaluate_settings, EVALUATION, "gpu", evaluate_shard, per_method,
+          outputs=evaluate_outputs,
+          summary="rewrite, image, every scorer's score vs the original, drift, semantic_distance"),
+    Stage("report", ("evaluate",), report_settings, REPORT_SCORES, "cpu", report_stage,
+          summary="REPORT_SCORES + report.md, report.json, plots"),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+
+
+def stage(name: str) -> Stage:
+    """The stage called `name`, or an error listing them."""
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise ValueError(f"unknown stage {name!r}; choose one of {', '.join(STAGE_NAMES)}")
