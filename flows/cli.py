@@ -8,6 +8,7 @@ import typer
 
 from semdpo_core.backends import StoreError
 from semdpo_core.config import ConfigError, load_config
+from semdpo_core.model_needs import fetch_command, model_needs, missing_files, require_models
 from semdpo_core.models import ModelNotFound
 from semdpo_core.prompts import PromptFileError, check_sources
 from semdpo_core.stages import STAGE_NAMES
@@ -34,7 +35,8 @@ def run(
         check_sources(d.train_prompts, d.test_sets(), d.sft_pairs, d.prompt_column)
         if stage is not None and stage not in STAGE_NAMES:
             raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_NAMES)}")
-    except (ConfigError, PromptFileError) as e:
+        require_models(cfg)
+    except (ConfigError, PromptFileError, ModelNotFound) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     from flows.pipeline import UpstreamMissing, pipeline
@@ -61,6 +63,33 @@ def status(
         typer.echo(f"  {row.label:16s} {row.ref.fingerprint}  {row.state:8s} {row.detail}")
     done = sum(r.state == "done" for r in rows)
     typer.echo(f"{done} of {len(rows)} stage outputs done")
+
+
+@app.command()
+def check(
+    config: Annotated[Optional[str], typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Say, before anything runs, whether every model the config names is on this machine, and
+    the one command that fetches what is missing into the Hugging Face cache."""
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    missing = []
+    for need in model_needs(cfg):
+        files = missing_files(need)
+        state = "ok" if files is None else ("missing" if files == ["*"] else "lacks " + ", ".join(files))
+        typer.echo(f"  {need.field:40s} {need.ref:40s} {state}")
+        if files is not None:
+            missing.append((need, files))
+    if not missing:
+        typer.echo("every model is here")
+        return
+    command = fetch_command(missing)
+    typer.echo(f"{len(missing)} missing" + (f"; on a machine with network access run:\n  {command}" if command else ""))
+    raise typer.Exit(1)
 
 
 @app.command()

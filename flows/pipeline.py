@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from semdpo_core.config import PipelineConfig, load_config
+from semdpo_core.model_needs import require_models
 from semdpo_core.plan import Plan, plan_pipeline
 from semdpo_core.stages import STAGE_NAMES, STAGES
 from semdpo_core.store import ArtifactStore
@@ -64,6 +65,7 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
     retried flow run) continues where it stopped."""
     logger = get_run_logger()
     config = load_config(config_path, overrides)
+    require_models(config)  # every model named is here, before any stage starts
     store = ArtifactStore(config.store_root())
     plan = plan_pipeline(config)
     if stage is not None:

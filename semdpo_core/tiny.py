@@ -62,6 +62,66 @@ def build_rewriter(path: Path, seed: int) -> None:
     tokenizer.save_pretrained(path)
 
 
+def _demo_bpe_tokenizer(special_tokens: list[str], **tokens: str | None) -> Any:
+    """A byte-level BPE tokenizer trained on the demo text, with the given special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts") for r in read_records(f"demo:{s}", ["prompt"])]
+    texts += [v for r in read_records("demo:sft_pairs", ["original", "rewrite"]) for v in r.fields.values()]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **{k: v for k, v in tokens.items() if v is not None})
+    tokenizer.model_max_length = 128
+    return tokenizer
+
+
+def build_gpt2(path: Path, seed: int) -> None:
+    """GPT-2's layout at toy width, its tokenizer without a pad token (as `gpt2` on the hub)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = _demo_bpe_tokenizer(["<|endoftext|>"], bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=64, n_layer=2, n_head=2,
+                               bos_token_id=eos, eos_token_id=eos)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def build_llama(path: Path, seed: int) -> None:
+    """Llama 3.2's architecture at toy width (grouped-query attention, RoPE, tied embeddings), its
+    tokenizer with Llama 3's begin/end-of-text tokens and no pad token (as meta-llama/Llama-3.2-1B)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _demo_bpe_tokenizer(["<|begin_of_text|>", "<|end_of_text|>"], bos_token="<|begin_of_text|>",
+                                    eos_token="<|end_of_text|>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def build_qwen2(path: Path, seed: int) -> None:
+    """Qwen1.5's architecture (Qwen2) at toy width; its tokenizer pads with <|endoftext|>, its EOS."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = _demo_bpe_tokenizer(["<|endoftext|>"], eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                         tie_word_embeddings=False, eos_token_id=eos, pad_token_id=eos)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 WORLD_REWRITER = dict(n_positions=128, n_embd=128, n_layer=4, n_head=4)  # about 0.8M parameters
 
 
@@ -259,6 +319,10 @@ BUILDERS: dict[str, tuple[Callable[[Path, int], None], int]] = {
     "hpsv2": (build_hpsv2, 6),
     "blip_itm": (build_blip_itm, 7),
     "world-rewriter": (build_world_rewriter, 8),
+    # the paper's backbones' architectures and tokenizer conventions (configs/paper.yaml's ids)
+    "gpt2": (build_gpt2, 9),
+    "llama": (build_llama, 10),
+    "qwen2": (build_qwen2, 11),
 }
 
 

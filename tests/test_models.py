@@ -7,6 +7,7 @@ import torch
 
 from semdpo_core.models import ModelNotFound, check_vocab, load_diffusion, load_rewriter, pretrained
 from semdpo_core.weigh import SemanticEncoder
+from tests.hub_cache import hub_cache_entry
 
 CPU = torch.device("cpu")
 
@@ -114,18 +115,6 @@ def test_the_cuda_fast_path_renders_the_same_images():
         a, b = np.asarray(decode_png(a), dtype=int), np.asarray(decode_png(b), dtype=int)
         assert a.std() > 5  # real pictures, not a blank that would match anything
         assert np.abs(a - b).max() <= 1
-
-
-def hub_cache_entry(cache: Path, repo_id: str, folder: Path) -> Path:
-    """`folder` as the local Hugging Face cache holds a downloaded repo: refs/main + snapshots/<revision>/."""
-    import shutil
-
-    entry = cache / f"models--{repo_id.replace('/', '--')}"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    (entry / "refs").mkdir(parents=True)
-    (entry / "refs" / "main").write_text(revision)
-    shutil.copytree(folder, entry / "snapshots" / revision)
-    return entry / "snapshots" / revision
 
 
 def test_a_hub_id_in_the_local_cache_resolves_to_its_snapshot_folder(tmp_path, monkeypatch):
