@@ -55,7 +55,7 @@ deployments:
 
 STAGE_DEPLOYMENT = """\
   - name: {name}
-    description: The {name} stage alone (its upstream stages must be in the store).
+    description: "The {name} stage alone ({summary}); its upstream stages must be in the store."
     entrypoint: flows/pipeline.py:pipeline
     parameters:
       config_path: null
@@ -67,7 +67,8 @@ STAGE_DEPLOYMENT = """\
 
 def render() -> str:
     """The text of prefect.yaml."""
-    return HEADER + "".join(STAGE_DEPLOYMENT.format(name=stage.name, pool=stage.pool) for stage in STAGES)
+    return HEADER + "".join(STAGE_DEPLOYMENT.format(name=s.name, pool=s.pool, summary=s.summary.replace('"', "'"))
+                            for s in STAGES)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from semdpo_core.backends import StoreError
-from semdpo_core.config import ConfigError, load_config
-from semdpo_core.model_needs import fetch_command, model_needs, missing_files, require_models
-from semdpo_core.models import ModelNotFound
-from semdpo_core.prompts import PromptFileError, check_sources
-from semdpo_core.stages import STAGE_NAMES
-from semdpo_core.status import pipeline_status
-from semdpo_core.store import CorruptArtifact
+# The commands import the library (torch, transformers, Prefect) when they run, not here, so that
+# `semdpo --help` answers at once; nothing imports this module, so no cycle can hide behind it.
 
 app = typer.Typer(help="Sem-DPO: semantically weighted DPO for text-to-image prompt rewriting.", no_args_is_help=True)
 
@@ -29,6 +23,14 @@ def run(
     stage: Annotated[Optional[str], typer.Option(help="run this stage alone (its upstream must be done)")] = None,
 ) -> None:
     """Run the whole pipeline (or one stage); finished stages are reused from the store."""
+    from semdpo_core.backends import StoreError
+    from semdpo_core.config import ConfigError, load_config
+    from semdpo_core.model_needs import require_models
+    from semdpo_core.models import ModelNotFound
+    from semdpo_core.prompts import PromptFileError, check_sources
+    from semdpo_core.stages import STAGE_NAMES
+    from semdpo_core.store import CorruptArtifact
+
     try:  # fail here, before Prefect starts, on a bad config or bad input files
         cfg = load_config(config, set_)
         d = cfg.data
@@ -56,6 +58,9 @@ def status(
     set_: SetOption = None,
 ) -> None:
     """Show, per stage, whether the store holds it: done, damaged, partly done (shards) or missing."""
+    from semdpo_core.config import load_config
+    from semdpo_core.status import pipeline_status
+
     cfg = load_config(config, set_)
     typer.echo(f"config {cfg.name!r}, store {cfg.store_root()}")
     rows = pipeline_status(cfg)
@@ -72,6 +77,9 @@ def check(
 ) -> None:
     """Say, before anything runs, whether every model the config names is on this machine, and
     the one command that fetches what is missing into the Hugging Face cache."""
+    from semdpo_core.config import ConfigError, load_config
+    from semdpo_core.model_needs import fetch_command, missing_files, model_needs
+
     try:
         cfg = load_config(config, set_)
     except ConfigError as e:

@@ -6,15 +6,14 @@ per shard) keyed by its fingerprint; a rerun reuses whatever the store already h
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any
 
 from prefect import flow, get_run_logger
 
 from semdpo_core.config import PipelineConfig, load_config
+from semdpo_core.context import open_store
 from semdpo_core.model_needs import require_models
 from semdpo_core.plan import Plan, plan_pipeline
 from semdpo_core.stages import STAGE_NAMES, STAGES
@@ -42,7 +41,7 @@ def check_upstream(store: ArtifactStore, plan: Plan, stage: str) -> None:
 def run_stages(config: PipelineConfig, plan: Plan, until: str | None = None) -> str | None:
     """Each stage of the table in order, through `until` (default: all), passing only store
     references between them. Returns the metrics table once the evaluation has run, else None."""
-    store = ArtifactStore(plan.runtime.store)
+    store = open_store(plan.runtime.store)
     metrics = None
     for stage in STAGES:
         jobs = plan.jobs_of(stage.name)
@@ -66,7 +65,7 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
     logger = get_run_logger()
     config = load_config(config_path, overrides)
     require_models(config)  # every model named is here, before any stage starts
-    store = ArtifactStore(config.store_root())
+    store = open_store(config.store_root())
     plan = plan_pipeline(config)
     if stage is not None:
         check_upstream(store, plan, stage)

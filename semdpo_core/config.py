@@ -11,6 +11,7 @@ a change to `weigh.encoder` reruns weigh and what follows, nothing else.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,7 +140,11 @@ class TrainConfig(Section):
     methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS),
                                description="methods to train (semdpo_core.methods)")
     beta: float = Field(0.05, gt=0)
-    alpha: float | list[float] = Field(4.0, description="Sem-DPO's alpha; a list trains one model per alpha")
+    alpha: float | list[float] | Literal["auto"] = Field(
+        4.0, description="Sem-DPO's alpha; a list trains one model per alpha; auto: train alpha_grid and choose the "
+        "alpha with the best normalised average on validation prompts held out from training")
+    alpha_grid: list[float] = Field([1.0, 2.0, 4.0, 8.0, 15.0], min_length=2, description="the alphas auto tries")
+    validation_prompts: int = Field(64, ge=1, description="training prompts held out to choose alpha (alpha: auto)")
     learning_rate: float = Field(2e-4, gt=0)
     batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -178,7 +183,14 @@ class TrainConfig(Section):
         return self
 
     def alphas(self) -> list[float]:
+        """The alphas to train: the list, the one value, or the grid that `auto` chooses from."""
+        if self.alpha == "auto":
+            return list(self.alpha_grid)
         return list(self.alpha) if isinstance(self.alpha, list) else [self.alpha]
+
+    def chooses_alpha(self) -> bool:
+        """True when alpha is chosen on validation prompts (`auto`) for a method that sweeps it."""
+        return self.alpha == "auto" and any(get_method(m).sweeps_alpha for m in self.methods)
 
 
 class EvaluateConfig(Section):
@@ -224,12 +236,12 @@ class ReportConfig(Section):
 
 
 class RunnerConfig(Section):
-    """Where sharded stages run: here, one shard after another (local), or on Ray: one task per
-    shard, `gpus_per_shard` GPUs each, on a local Ray instance or the cluster at `address`."""
+    """Where shards and training runs run: here, one after another (local), or on Ray: one task
+    per shard or run, `gpus_per_shard` GPUs each, on a local Ray instance or the cluster at `address`."""
 
     kind: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description="Ray cluster address (e.g. ray://head:10001, auto); None starts Ray here")
-    gpus_per_shard: float = Field(1.0, ge=0, description="GPUs per shard task when CUDA is present")
+    gpus_per_shard: float = Field(1.0, ge=0, description="GPUs per Ray task (a shard, or a training run) when CUDA is present")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray instance started here (None: all)")
 
 
@@ -237,6 +249,7 @@ class PipelineConfig(Section):
     """One pipeline run: where artifacts go, on what device, and each stage's settings."""
 
     name: str = "offline-default"
+    plugins: list[str] = Field([], description="modules imported before the config is read (your own methods)")
     seed: int = 0
     store: str | None = Field(None, description="artifact store root; default $SEMDPO_STORE")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -259,6 +272,9 @@ class PipelineConfig(Section):
     def _evaluated_methods_are_trained(self) -> PipelineConfig:
         if any(a < 0 for a in self.train.alphas()) or not self.train.alphas():
             raise ValueError("train.alpha must be >= 0 (or a non-empty list of such values)")
+        reserved = sorted({"train", "validation"} & set(self.data.test_sets()))
+        if reserved:
+            raise ValueError(f"data.test_prompts: {reserved} name the training and validation splits; give the test set another name")
         untrained = [m for m in self.evaluate.methods or [] if m not in ("human", "sft") and m not in self.train.methods]
         if untrained:
             raise ValueError(f"evaluate.methods {untrained} are not in train.methods {self.train.methods}")
@@ -295,11 +311,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
     for override in overrides or []:
         _apply_override(data, override)
+    import_plugins(data.get("plugins") or [], source)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()]
+        lines = [f"  {'.'.join(str(p) for p in err['loc']) + ': ' if err['loc'] else ''}"
+                 f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors()]
         raise ConfigError(f"invalid config ({source}):\n" + "\n".join(lines)) from None
+
+
+def import_plugins(modules: Any, source: str) -> None:
+    """Import the config's plugin modules (which register methods) before its methods are checked."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(f"invalid config ({source}): plugins must be a list of module names, not {modules!r}")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as e:
+            raise ConfigError(f"invalid config ({source}): plugins: cannot import {module!r} ({type(e).__name__}: {e}); "
+                              "it must be importable where the flow and its workers run") from None
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:

@@ -8,6 +8,7 @@ holds the config (see semdpo_core/settings.py).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 import torch
 
 from semdpo_core.hub import model_cache_dir
+from semdpo_core.methods import Method
 from semdpo_core.models import resolve_device
 from semdpo_core.settings import Runtime, Settings
 from semdpo_core.store import ArtifactStore, DatasetRef
@@ -28,10 +30,11 @@ class StageContext:
     runtime: Runtime
     ref: DatasetRef
     inputs: dict[str, DatasetRef]
+    method: Method | None = None  # a training run's method entry, carried to the worker (a plugin's too)
 
     @property
     def store(self) -> ArtifactStore:
-        return ArtifactStore(self.runtime.store)
+        return open_store(self.runtime.store)
 
     @property
     def device(self) -> torch.device:
@@ -40,6 +43,12 @@ class StageContext:
     def checkpoint_dir(self, role: str) -> str:
         """A local folder holding input `role`'s stored checkpoint, for `from_pretrained`."""
         return str(self.store.materialize(self.inputs[role], model_cache_dir() / "checkpoints"))
+
+
+@functools.lru_cache(maxsize=4)
+def open_store(root: str) -> ArtifactStore:
+    """The store at `root`, opened once per process (on S3, one client for every shard)."""
+    return ArtifactStore(root)
 
 
 @dataclass(frozen=True)

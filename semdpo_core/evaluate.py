@@ -168,16 +168,27 @@ def evaluate_method(
     )
 
 
-def evaluate_shard(ctx: StageContext, shard: int) -> pa.Table:
-    """Shard i evaluates method i of the evaluated methods; its checkpoint is the input named after
-    it (human input and SFT: the SFT checkpoint, whose tokenizer counts the human prompts' tokens)."""
+def evaluate_split(ctx: StageContext, shard: int, split: str) -> pa.Table:
+    """Shard i evaluates method i of the settings' methods on the prompts of `split`; its checkpoint
+    is the input named after it (human input and SFT: the SFT checkpoint, whose tokenizer counts
+    the human prompts' tokens)."""
     s = ctx.settings
     table = ctx.store.read_table(ctx.inputs["prompts"], PROMPTS)
-    test = table.filter(pc.equal(table.column("split"), "test")).select(["dataset", "prompt_id", "prompt"]).to_pydict()
+    prompts = table.filter(pc.equal(table.column("split"), split)).select(["dataset", "prompt_id", "prompt"]).to_pydict()
     method, device = s.methods[shard], ctx.device
     rewriter = loaded(load_rewriter, ctx.checkpoint_dir("sft" if method in ("human", "sft") else method), device,
                       generation_dtype(device))
     pipe = loaded(load_diffusion, s.render.model, device, ctx.runtime.compile_unet)
     scorers = {name: scorer_of(scorer, device) for name, scorer in s.evaluate.scorers.items()}
     encoder = loaded(SemanticEncoder, s.semantic_encoder, device)
-    return evaluate_method(method, test, rewriter, pipe, scorers, encoder, s.evaluate, s.render, s.seed)
+    return evaluate_method(method, prompts, rewriter, pipe, scorers, encoder, s.evaluate, s.render, s.seed)
+
+
+def evaluate_shard(ctx: StageContext, shard: int) -> pa.Table:
+    """The evaluate stage: method `shard` on the held-out test prompts."""
+    return evaluate_split(ctx, shard, "test")
+
+
+def validate_shard(ctx: StageContext, shard: int) -> pa.Table:
+    """The validate stage: sweep run `shard` on the validation prompts (held out of training), to choose alpha."""
+    return evaluate_split(ctx, shard, "validation")

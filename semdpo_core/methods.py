@@ -44,16 +44,16 @@ class PairBatch:
 
 
 @dataclass(frozen=True)
-class PairLoss:
-    """A method's loss for a micro-batch: the per-pair loss (the trainer averages), each pair's
-    weight (logged as mean weight and effective batch; None: all 1), and the beta it used."""
+class LossOutput:
+    """What a method's loss gives for a micro-batch: the per-pair loss (the trainer averages), each
+    pair's weight (logged as mean weight and effective batch; None: all 1), and the beta it used."""
 
     losses: torch.Tensor
     weights: torch.Tensor | None = None
     beta: float | None = None
 
 
-LossFn = Callable[[PairBatch, Any, Any], PairLoss]  # (batch, the run's settings, the method's state)
+LossFn = Callable[[PairBatch, Any, Any], LossOutput]  # (batch, the run's settings, the method's state)
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Method:
 
     name: str
     loss: LossFn
-    summary: str  # the loss in one line (README's method table)
+    summary: str  # the loss in one line (README's method table shows it; a test checks)
     uses_reference: bool = True  # the reference stage's log-probs of the pairs
     uses_distance: bool = False  # the weigh stage's semantic distances d(x, y_w)
     uses_fidelity: bool = False  # the fidelity stage's per-image text-fidelity scores
@@ -71,7 +71,7 @@ class Method:
     sweeps_alpha: bool = False  # one run per `train.alpha` when it is a list
     pair_weights: Callable[[torch.Tensor, Any], torch.Tensor] | None = None  # W(d), computed once before training
     weight_hint: str = ""  # what to change when `pair_weights` keep (almost) nothing
-    state: Callable[[Any, int], Any] | None = None  # a stateful loss's state, from (settings, seed); checkpointed
+    initial_state: Callable[[Any, int], Any] | None = None  # a stateful loss's state, from (settings, seed); checkpointed
 
 
 METHODS: dict[str, Method] = {}
@@ -81,10 +81,15 @@ class UnknownMethod(ValueError):
     """A method name that no registry entry declares."""
 
 
+RESERVED = ("human", "sft", "prompts")  # rows and inputs of the evaluate stage that are not training runs
+
+
 def register(method: Method) -> Method:
     """Add a method to the registry (a name may be registered once)."""
     if method.name in METHODS:
         raise ValueError(f"method {method.name!r} is already registered")
+    if method.name in RESERVED or not method.name.replace("_", "").isalnum():
+        raise ValueError(f"method name {method.name!r}: use letters, digits and _, and none of {', '.join(RESERVED)}")
     METHODS[method.name] = method
     return method
 
@@ -176,59 +181,70 @@ class AdditiveConfig(Section):
 # --- the registry's entries: each loss in a line or two ------------------------------------------
 
 
-def _reference(b: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _logps(b: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(policy chosen, policy rejected, reference chosen, reference rejected) log-probs."""
     return b.chosen_logps, b.rejected_logps, b.reference_chosen_logps, b.reference_rejected_logps
 
 
-def _kto(b: PairBatch, s: Any, _: Any) -> PairLoss:
-    kl = kto_kl(b.kl_logps, b.reference_kl_logps)
-    return PairLoss(kto_loss(*_reference(b), s.beta, kl, s.kto.desirable_weight, s.kto.undesirable_weight))
+def dpo(batch: PairBatch, settings: Any, state: None) -> LossOutput:
+    return LossOutput(dpo_loss(*_logps(batch), settings.beta))
 
 
-def _beta_dpo(b: PairBatch, _: Any, state: BetaDPO) -> PairLoss:
-    losses, kept, beta = state.loss(*_reference(b))
-    return PairLoss(losses, kept, beta)
+def sem_dpo(batch: PairBatch, settings: Any, state: None) -> LossOutput:
+    return LossOutput(sem_dpo_loss(*_logps(batch), settings.beta, batch.semantic_weight), batch.semantic_weight)
 
 
-def _beta_dpo_state(s: Any, seed: int) -> BetaDPO:
-    c = s.beta_dpo
-    return BetaDPO(s.beta, c.alpha, c.rho, c.momentum, generator=torch.Generator().manual_seed(seed))
+def ipo(batch: PairBatch, settings: Any, state: None) -> LossOutput:
+    return LossOutput(ipo_loss(*_logps(batch), settings.beta, batch.chosen_tokens, batch.rejected_tokens))
 
 
-register(Method(
-    "dpo", lambda b, s, _: PairLoss(dpo_loss(*_reference(b), s.beta)),
-    "-log sigmoid(beta * margin)",
-))
-register(Method(
-    "sem_dpo", lambda b, s, _: PairLoss(sem_dpo_loss(*_reference(b), s.beta, b.semantic_weight), b.semantic_weight),
-    "W * DPO, W = exp(-alpha * d(x, y_w))",
-    uses_distance=True, sweeps_alpha=True, pair_weights=lambda d, s: semantic_weight(d, s.alpha),
-    weight_hint="lower train.alpha",
-))
-register(Method(
-    "ipo", lambda b, s, _: PairLoss(ipo_loss(*_reference(b), s.beta, b.chosen_tokens, b.rejected_tokens)),
-    "(per-token margin - 1/(2 beta))^2",
-))
-register(Method(
-    "kto", _kto, "desirable/undesirable terms around a KL reference point", uses_kl=True, section=KTOConfig,
-))
-register(Method(
-    "orpo", lambda b, s, _: PairLoss(orpo_loss(b.chosen_logps, b.rejected_logps, b.chosen_tokens, b.rejected_tokens,
-                                               s.orpo.orpo_lambda)),
-    "chosen NLL - lambda * log sigmoid(log odds), no reference", uses_reference=False, section=ORPOConfig,
-))
-register(Method(
-    "beta_dpo", _beta_dpo, "DPO with a per-batch beta and margin-guided filtering", section=BetaDPOConfig,
-    state=_beta_dpo_state,
-))
-register(Method(
-    "hard_filter", lambda b, s, _: PairLoss(sem_dpo_loss(*_reference(b), s.beta, b.semantic_weight), b.semantic_weight),
-    "1{d <= tau} * DPO (Proposition 1)", uses_distance=True, section=HardFilterConfig,
-    pair_weights=lambda d, s: semantic_filter(d, s.hard_filter.tau), weight_hint="raise train.hard_filter.tau",
-))
-register(Method(
-    "additive", lambda b, s, _: PairLoss(additive_loss(*_reference(b), s.beta, b.fidelity_margin, s.additive.coefficient)),
-    "DPO whose margin must also cover the text-fidelity gap (App. D)", uses_fidelity=True, section=AdditiveConfig,
-))
+def kto(batch: PairBatch, settings: Any, state: None) -> LossOutput:
+    kl = kto_kl(batch.kl_logps, batch.reference_kl_logps)
+    c = settings.kto
+    return LossOutput(kto_loss(*_logps(batch), settings.beta, kl, c.desirable_weight, c.undesirable_weight))
 
-DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)  # what `train.methods` trains unless told otherwise
+
+def orpo(batch: PairBatch, settings: Any, state: None) -> LossOutput:
+    b = batch
+    return LossOutput(orpo_loss(b.chosen_logps, b.rejected_logps, b.chosen_tokens, b.rejected_tokens,
+                                settings.orpo.orpo_lambda))
+
+
+def beta_dpo(batch: PairBatch, settings: Any, state: BetaDPO) -> LossOutput:
+    losses, kept, beta = state.loss(*_logps(batch))
+    return LossOutput(losses, kept, beta)
+
+
+def beta_dpo_state(settings: Any, seed: int) -> BetaDPO:
+    c = settings.beta_dpo
+    return BetaDPO(settings.beta, c.alpha, c.rho, c.momentum, generator=torch.Generator().manual_seed(seed))
+
+
+def hard_filter(batch: PairBatch, settings: Any, state: None) -> LossOutput:
+    return LossOutput(sem_dpo_loss(*_logps(batch), settings.beta, batch.semantic_weight), batch.semantic_weight)
+
+
+def additive(batch: PairBatch, settings: Any, state: None) -> LossOutput:
+    return LossOutput(additive_loss(*_logps(batch), settings.beta, batch.fidelity_margin, settings.additive.coefficient))
+
+
+register(Method("dpo", dpo, "-log sigmoid(beta * margin)"))
+register(Method(
+    "sem_dpo", sem_dpo, "W * DPO, W = exp(-alpha * d(x, y_w))", uses_distance=True, sweeps_alpha=True,
+    pair_weights=lambda d, settings: semantic_weight(d, settings.alpha), weight_hint="lower train.alpha",
+))
+register(Method("ipo", ipo, "(per-token margin - 1/(2 beta))^2"))
+register(Method("kto", kto, "desirable/undesirable terms around a KL reference point", uses_kl=True, section=KTOConfig))
+register(Method("orpo", orpo, "chosen NLL - lambda * log sigmoid(log odds), no reference", uses_reference=False,
+                section=ORPOConfig))
+register(Method("beta_dpo", beta_dpo, "DPO with a per-batch beta and margin-guided filtering", section=BetaDPOConfig,
+                initial_state=beta_dpo_state))
+register(Method(
+    "hard_filter", hard_filter, "1{d <= tau} * DPO (Proposition 1)", uses_distance=True, section=HardFilterConfig,
+    pair_weights=lambda d, settings: semantic_filter(d, settings.hard_filter.tau), weight_hint="raise train.hard_filter.tau",
+))
+register(Method("additive", additive, "DPO whose margin must also cover the text-fidelity gap (App. D)",
+                uses_fidelity=True, section=AdditiveConfig))
+
+# what `train.methods` trains unless told otherwise: the methods above (a plugin's must be named)
+DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)

@@ -18,7 +18,7 @@ from semdpo_core.hub import PACKAGED, ModelNotFound, cached_snapshot, locate
 from semdpo_core.image_reward_net import CHECKPOINT as IMAGE_REWARD_CHECKPOINT
 from semdpo_core.image_reward_net import MED_CONFIG
 from semdpo_core.scorers.hps import HPS_CHECKPOINT
-from semdpo_core.stages import any_run_uses
+from semdpo_core.stages import uses_fidelity
 
 BUILT_HERE = ("tiny:", "world:")  # built on first use, never fetched
 # what a whole-repo download leaves out: other frameworks' weights, single-file checkpoints and
@@ -76,7 +76,7 @@ def model_needs(config: PipelineConfig) -> list[ModelNeed]:
     a trained method uses fidelity)."""
     needs = [ModelNeed("sft.base_model", config.sft.base_model), ModelNeed("render.model", config.render.model)]
     needs += scorer_needs("label.reward_model", config.label.reward_model)
-    if any_run_uses(config, "uses_fidelity"):
+    if uses_fidelity(config):
         needs += scorer_needs("fidelity.scorer", config.fidelity.scorer)
     needs.append(ModelNeed("weigh.encoder", config.weigh.encoder))
     for name, scorer in config.evaluate.scorers.items():

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from semdpo_core.config import PipelineConfig
 from semdpo_core.context import StageContext
-from semdpo_core.methods import TrainRun
+from semdpo_core.methods import Method, get_method
 from semdpo_core.settings import Runtime, Settings
-from semdpo_core.stages import STAGES, Stage, evaluated_labels, runs, runtime
+from semdpo_core.stages import STAGES, Stage, evaluated_labels, runtime
 from semdpo_core.store import DatasetRef, fingerprint
 
 
@@ -29,9 +29,10 @@ class Job:
     ref: DatasetRef
     settings: Settings
     inputs: dict[str, DatasetRef]  # role -> upstream output
+    method: Method | None = None  # a training run's method entry
 
     def context(self, runtime: Runtime) -> StageContext:
-        return StageContext(self.settings, runtime, self.ref, self.inputs)
+        return StageContext(self.settings, runtime, self.ref, self.inputs, self.method)
 
     @property
     def task_name(self) -> str:
@@ -43,7 +44,6 @@ class Plan:
     """Every output a config asks for, in pipeline order."""
 
     jobs: tuple[Job, ...]
-    runs: tuple[TrainRun, ...]
     evaluated: tuple[str, ...]
     runtime: Runtime
 
@@ -82,6 +82,7 @@ def plan_pipeline(config: PipelineConfig) -> Plan:
             inputs = {role: refs[label] for role, label in planned.inputs.items()}
             ref = fingerprint(stage.name, planned.settings, list(inputs.values()))
             refs[planned.label] = ref
-            jobs.append(Job(planned.label, stage, ref, Settings(stage.name, planned.settings), inputs))
-    return Plan(tuple(jobs), tuple(runs(config)), tuple(evaluated_labels(config)), runtime(config))
+            method = get_method(planned.settings["method"]) if stage.name == "train" else None
+            jobs.append(Job(planned.label, stage, ref, Settings(stage.name, planned.settings), inputs, method))
+    return Plan(tuple(jobs), tuple(evaluated_labels(config)), runtime(config))
 

@@ -66,23 +66,29 @@ def prompt_table(
     max_train: int | None,
     max_test: int | None,
     too_long: Callable[[str], int | None],
+    validation: int = 0,
 ) -> pa.Table:
     """The PROMPTS table: train prompts, then each evaluation dataset's test prompts (at most
-    `max_test` each); a prompt in any test set is removed from training."""
+    `max_test` each); a prompt in any test set is removed from training. `validation` training
+    prompts (the first ones) are held out of training as the validation split, to choose alpha."""
     tests = {name: load_split(source, column, max_test, too_long) for name, source in test_sources.items()}
     test_texts = {r.fields[column] for records in tests.values() for r in records}
     train_all = load_split(train_source, column, None, too_long)
     train = [r for r in train_all if r.fields[column] not in test_texts]
     if len(train) < len(train_all):
         log.warning("%d training prompt(s) also in a test set were removed from training", len(train_all) - len(train))
+    held_out, train = train[:validation], train[validation:]
     train = train[:max_train] if max_train else train
     empty = [f"{name} ({test_sources[name]})" for name, records in tests.items() if not records]
+    if validation and len(held_out) < validation:
+        empty.append(f"validation (train.validation_prompts {validation}, {len(held_out)} training prompts to hold out)")
     if not train or empty:
         raise PromptFileError(
             f"no usable prompts: {len(train)} for training ({train_source})"
             + (f"; none in test set(s) {', '.join(empty)}" if empty else "")
         )
-    rows = [(r, "train", "train") for r in train] + [(r, "test", name) for name, rs in tests.items() for r in rs]
+    rows = [(r, "train", "train") for r in train] + [(r, "validation", "validation") for r in held_out]
+    rows += [(r, "test", name) for name, rs in tests.items() for r in rs]
     return pa.Table.from_pydict(
         {
             "prompt_id": [prompt_id(r.fields[column]) for r, _, _ in rows],
@@ -115,7 +121,9 @@ def prompts_stage(ctx: StageContext) -> Output:
         return n if n > d.max_prompt_tokens else None
 
     test_sets = named_test_sets(d.test_prompts)
-    table = prompt_table(d.train_prompts, test_sets, d.prompt_column, d.max_train_prompts, d.max_test_prompts, too_long)
+    validation = ctx.settings.get("validation_prompts", 0)  # declared only when alpha is chosen (train.alpha: auto)
+    table = prompt_table(d.train_prompts, test_sets, d.prompt_column, d.max_train_prompts, d.max_test_prompts, too_long,
+                         validation)
     datasets = table.column("dataset").to_pylist()
-    return Output(table, meta={"train_prompts": datasets.count("train"),
+    return Output(table, meta={"train_prompts": datasets.count("train"), "validation_prompts": datasets.count("validation"),
                                "test_prompts": {name: datasets.count(name) for name in test_sets}})

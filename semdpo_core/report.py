@@ -21,6 +21,7 @@ from collections import defaultdict
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 
 from semdpo_core.config import ScorerConfig
 from semdpo_core.context import Output, StageContext
@@ -333,18 +334,43 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
+def normalised_averages(evaluation: pa.Table, average_over: list[str] | None) -> dict[str, float]:
+    """Each method's normalised average (Tables 5-7, over the methods in `evaluation`), averaged
+    over its datasets."""
+    rows = [r for r in score_table(evaluation, average_over).to_pylist() if r["metric"] == AVG]
+    return {m: statistics.fmean(r["mean"] for r in rows if r["method"] == m) for m in ordered([r["method"] for r in rows])}
+
+
+def alpha_selection(validation: pa.Table, evaluation: pa.Table, average_over: list[str] | None) -> dict[str, Any]:
+    """`train.alpha: auto`: each sweep run's normalised average over the sweep runs, on the
+    validation prompts (held out of training) and on the test prompts; the alpha chosen is the
+    best on validation (the first on a tie), the one best on test is shown beside it."""
+    runs = ordered(validation.column("method").to_pylist())
+    on_validation = normalised_averages(validation, average_over)
+    on_test = normalised_averages(evaluation.filter(pa.compute.is_in(evaluation.column("method"), pa.array(runs))),
+                                  average_over)
+    by_alpha = [{"method": m, "alpha": sweep_alpha(m), "validation": on_validation[m], "test": on_test.get(m)} for m in runs]
+    chosen = max(by_alpha, key=lambda r: r["validation"])
+    best = max(by_alpha, key=lambda r: -math.inf if r["test"] is None else r["test"])
+    return {"by_alpha": by_alpha, "chosen": chosen["method"], "chosen_alpha": chosen["alpha"],
+            "best_on_test": best["method"], "best_on_test_alpha": best["alpha"],
+            "validation_prompts": len(set(validation.column("prompt_id").to_pylist()))}
+
+
 def build_report(
-    evaluation: pa.Table, settings: Any, scorers: dict[str, Any], encoder: str = "",
+    evaluation: pa.Table, settings: Any, scorers: dict[str, Any], encoder: str = "", validation: pa.Table | None = None,
 ) -> tuple[pa.Table, dict[str, Any], dict[str, bytes]]:
     """(REPORT_SCORES table, the other tables as a JSON-ready dict, {file name: PNG bytes}).
 
     `settings` is a ReportConfig; `scorers` maps each metric to its ScorerConfig (named in the
-    report); `encoder` is the weigh stage's text encoder, which measured `semantic_distance`."""
+    report); `encoder` is the weigh stage's text encoder, which measured `semantic_distance`;
+    `validation` holds the sweep runs' rows on the validation prompts when alpha is chosen."""
     scores = score_table(evaluation, settings.average_over)
     methods = ordered(evaluation.column("method").to_pylist())
     datasets = ordered(evaluation.column("dataset").to_pylist())
     metrics = ordered([r["metric"] for r in scores.to_pylist() if r["metric"] != AVG])
-    focus = focus_method(methods, settings.focus)
+    selection = alpha_selection(validation, evaluation, settings.average_over) if validation is not None else None
+    focus = focus_method(methods, settings.focus if settings.focus or selection is None else selection["chosen"])
     epsilon, drift = drift_stats(evaluation, settings.drift_epsilon)
     tables = {
         "scorers": {name: s.model_dump(exclude_none=True) for name, s in scorers.items()},
@@ -355,6 +381,7 @@ def build_report(
         "encoder": encoder,
         "meaning_drift": meaning_drift(evaluation),
         "paired_tests": paired_tests(evaluation, comparisons_of(methods, focus), settings.tie_tolerance),
+        "alpha_selection": selection,
     }
     x = settings.semantic_metric
     plots: dict[str, bytes] = {}
@@ -398,6 +425,7 @@ def markdown(scores: pa.Table, tables: dict[str, Any], links: dict[str, str]) ->
         for h in tables["head_to_head"]:
             out.append(f"| {h['versus']} | {h['metric']} | {h['win_rate']:.1%} | {h['tie_rate']:.1%} | {h['loss_rate']:.1%} | {h['n']} |")
     out += meaning_drift_markdown(tables)
+    out += alpha_selection_markdown(tables.get("alpha_selection"))
     drift = tables["drift"]
     out += ["", "## Semantic drift (Proposition 2)", ""]
     if drift["methods"]:
@@ -409,6 +437,23 @@ def markdown(scores: pa.Table, tables: dict[str, Any], links: dict[str, str]) ->
         out.append("Drift was not measured (evaluate.drift_encoder is null).")
     out += ["", "## Plots", ""] + [f"- [{name}]({url})" for name, url in links.items()]
     return "\n".join(out) + "\n"
+
+
+def alpha_selection_markdown(selection: dict[str, Any] | None) -> list[str]:
+    """The alpha chosen on the validation prompts, beside the one that was best on the test prompts."""
+    if selection is None:
+        return []
+    out = ["", "## Alpha chosen on the validation prompts (train.alpha: auto)", "",
+           f"Each alpha's normalised average (Tables 5-7, over the sweep's runs) on {selection['validation_prompts']} "
+           "training prompts held out of training, and on the test prompts. The chosen run is the one compared "
+           "head to head above.", "", "| alpha | validation | test |", "|---|---|---|"]
+    for r in selection["by_alpha"]:
+        mark = " (chosen)" if r["method"] == selection["chosen"] else ""
+        test = "-" if r["test"] is None else f"{r['test']:.4f}"
+        out.append(f"| {r['alpha']:g}{mark} | {r['validation']:.4f} | {test} |")
+    agree = "the same alpha" if selection["chosen"] == selection["best_on_test"] else f"alpha {selection['best_on_test_alpha']:g}"
+    out += ["", f"Chosen: alpha {selection['chosen_alpha']:g}; best on the test prompts: {agree}."]
+    return out
 
 
 DISTANCE_NOTE = (
@@ -450,7 +495,8 @@ def report_stage(ctx: StageContext) -> Output:
     s = ctx.settings
     rows = ctx.store.read_table(ctx.inputs["evaluate"], EVALUATION)
     scorers = {name: ScorerConfig.model_validate(dict(scorer)) for name, scorer in s.scorers.items()}
-    scores, tables, plots = build_report(rows, s.report, scorers, s.semantic_encoder)
+    validation = ctx.store.read_table(ctx.inputs["validate"], EVALUATION) if "validate" in ctx.inputs else None
+    scores, tables, plots = build_report(rows, s.report, scorers, s.semantic_encoder, validation)
     links = {name: ctx.store.file_url(ctx.ref, f"plots/{name}") for name in plots}
     files = {f"plots/{name}": data for name, data in plots.items()}
     files["report.md"] = markdown(scores, tables, links).encode()

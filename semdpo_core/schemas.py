@@ -86,7 +86,7 @@ REFERENCE = pa.schema(
 
 TRAIN_LOG = pa.schema(
     [
-        ("method", pa.string()),
+        ("method", pa.string()),  # the method (a sweep's alpha is in the manifest's meta)
         ("step", pa.int64()),
         ("loss", pa.float64()),
         ("reward_margin", pa.float64()),  # beta * mean log-ratio margin

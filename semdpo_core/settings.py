@@ -37,6 +37,9 @@ class Settings(Mapping[str, Any]):
     sections are views too. Reading a name the stage did not declare raises SettingNotHashed."""
 
     def __init__(self, stage: str, values: Mapping[str, Any], path: str = ""):
+        shadowed = sorted(set(values) & set(dir(Settings)))
+        if shadowed:  # `settings.keys` would be Mapping's method, not the setting
+            raise ValueError(f"stage {stage!r}: settings {shadowed} shadow the Settings view's own names; rename them")
         self._stage, self._values, self._path = stage, dict(values), path
 
     def __getattr__(self, name: str) -> Any:
@@ -51,7 +54,9 @@ class Settings(Mapping[str, Any]):
                 f"declare it in the stage's settings in semdpo_core/stages.py (it has {sorted(self._values)})"
             )
         value = self._values[name]
-        return Settings(self._stage, value, f"{self._path}{name}.") if isinstance(value, Mapping) else value
+        if isinstance(value, Mapping):
+            return Settings(self._stage, value, f"{self._path}{name}.")
+        return tuple(value) if isinstance(value, list) else value  # read-only, as the rest of the view
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)

@@ -22,7 +22,7 @@ import pyarrow as pa
 from semdpo_core.candidates import candidates_shard
 from semdpo_core.config import PipelineConfig
 from semdpo_core.context import StageContext
-from semdpo_core.evaluate import evaluate_shard
+from semdpo_core.evaluate import evaluate_shard, validate_shard
 from semdpo_core.fidelity import fidelity_shard
 from semdpo_core.label import label_shard
 from semdpo_core.methods import TrainRun, get_method, train_runs
@@ -62,15 +62,16 @@ class Stage:
     """One stage of the pipeline."""
 
     name: str
-    inputs: tuple[str, ...]  # upstream stages read, by role = stage name (train and evaluate: see `outputs`)
-    settings: Callable[[PipelineConfig], dict[str, Any]]  # what the fingerprint hashes, and all the computation reads
+    inputs: tuple[str, ...]  # upstream stages read, by role = stage name (the stages with `outputs`: what they may read)
+    settings: Callable[..., dict[str, Any]]  # what the fingerprint hashes, and all the computation reads
     schema: pa.Schema
     pool: Literal["cpu", "gpu"]
     compute: Callable[..., Any]  # (ctx) -> Output, or (ctx, shard) -> pa.Table when sharded
     shards: Callable[[StageContext], int] | None = None  # None: one task computes the whole dataset
     outputs: Callable[[PipelineConfig], list[Planned]] | None = None  # None: one output, if `needed`
     needed: Callable[[PipelineConfig], bool] = lambda config: True
-    summary: str = ""
+    concurrent: bool = False  # its outputs are independent runs: on Ray they run at once, one GPU each
+    summary: str = ""  # what it writes (prefect.yaml's deployment descriptions)
 
     def planned(self, config: PipelineConfig) -> list[Planned]:
         """The datasets this stage writes under `config` (none when it is not needed)."""
@@ -88,6 +89,7 @@ def runtime(config: PipelineConfig) -> Runtime:
 
 
 def runs(config: PipelineConfig) -> list[TrainRun]:
+    """The training runs `config` asks for (a method, and for a sweep each alpha)."""
     return train_runs(config.train.methods, config.train.alphas())
 
 
@@ -97,8 +99,14 @@ def evaluated_labels(config: PipelineConfig) -> list[str]:
     return [m for m in ("human", "sft") if m in wanted] + [run.label for run in runs(config) if run.method in wanted]
 
 
-def any_run_uses(config: PipelineConfig, need: str) -> bool:
-    return any(getattr(get_method(run.method), need) for run in runs(config))
+def uses_fidelity(config: PipelineConfig) -> bool:
+    """Whether a trained method reads the fidelity stage's scores."""
+    return any(get_method(run.method).uses_fidelity for run in runs(config))
+
+
+def uses_reference(config: PipelineConfig) -> bool:
+    """Whether a trained method reads the reference stage's log-probs."""
+    return any(get_method(run.method).uses_reference for run in runs(config))
 
 
 # --- settings: what each stage's fingerprint hashes ----------------------------------------------
@@ -119,7 +127,40 @@ def prompts_settings(config: PipelineConfig) -> dict[str, Any]:
         "train_prompts": source_digest(config.data.train_prompts),
         "test_prompts": {name: source_digest(source) for name, source in config.data.test_sets().items()},
     }
-    return {"data": data, "tokenizer": config.sft.base_model, "seed": config.seed}
+    settings = {"data": data, "tokenizer": config.sft.base_model, "seed": config.seed}
+    if config.train.chooses_alpha():
+        settings["validation_prompts"] = config.train.validation_prompts
+    return settings
+
+
+def candidates_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {"candidates": config.candidates.model_dump(), "seed": config.seed, **_sharded(config)}
+
+
+def render_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {**_render(config), **_sharded(config)}
+
+
+def label_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {**config.label.model_dump(), **_sharded(config)}
+
+
+def fidelity_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {**config.fidelity.model_dump(), **_sharded(config)}
+
+
+def pairs_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {}
+
+
+def weigh_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {**config.weigh.model_dump(), **_sharded(config)}
+
+
+def reference_settings(config: PipelineConfig) -> dict[str, Any]:
+    """The training's batching and arithmetic, which the log-probs depend on (padding changes the sums)."""
+    t = config.train
+    return {"max_length": t.max_length, "precision": t.precision, "batch_size": t.batch_size, **_sharded(config)}
 
 
 def sft_settings(config: PipelineConfig) -> dict[str, Any]:
@@ -142,6 +183,15 @@ def train_settings(config: PipelineConfig, run: TrainRun) -> dict[str, Any]:
 def evaluate_settings(config: PipelineConfig) -> dict[str, Any]:
     return {"evaluate": config.evaluate.model_dump(), "methods": evaluated_labels(config), "render": _render(config),
             "semantic_encoder": config.weigh.encoder, "seed": config.seed}
+
+
+def sweep_labels(config: PipelineConfig) -> list[str]:
+    """The runs alpha is chosen among (train.alpha: auto), in grid order."""
+    return [run.label for run in runs(config) if get_method(run.method).sweeps_alpha] if config.train.chooses_alpha() else []
+
+
+def validate_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {**evaluate_settings(config), "methods": sweep_labels(config)}
 
 
 def report_settings(config: PipelineConfig) -> dict[str, Any]:
@@ -174,6 +224,21 @@ def evaluate_outputs(config: PipelineConfig) -> list[Planned]:
     return [Planned("evaluate", evaluate_settings(config), inputs)]
 
 
+def validate_outputs(config: PipelineConfig) -> list[Planned]:
+    """When alpha is chosen: one dataset scoring every sweep run on the validation prompts."""
+    labels = sweep_labels(config)
+    if not labels:
+        return []
+    inputs = {"prompts": "prompts", "sft": "sft", **{label: f"train:{label}" for label in labels}}
+    return [Planned("validate", validate_settings(config), inputs)]
+
+
+def report_outputs(config: PipelineConfig) -> list[Planned]:
+    """One dataset from the evaluation, and the validation scores when alpha is chosen."""
+    inputs = {"evaluate": "evaluate", **({"validate": "validate"} if sweep_labels(config) else {})}
+    return [Planned("report", report_settings(config), inputs)]
+
+
 # --- shard rules ----------------------------------------------------------------------------------
 
 
@@ -203,35 +268,31 @@ def per_method(ctx: StageContext) -> int:
 STAGES: tuple[Stage, ...] = (
     Stage("prompts", (), prompts_settings, PROMPTS, "cpu", prompts_stage,
           summary="the prompt files (data.*) -> PROMPTS: train rows, then each test set's rows"),
-    Stage("sft", (), sft_settings, SFT_LOG, "gpu", sft_stage,
-          summary="data.sft_pairs -> SFT_LOG + the SFT checkpoint"),
-    Stage("candidates", ("prompts", "sft"), lambda c: {"candidates": c.candidates.model_dump(), "seed": c.seed,
-                                                       **_sharded(c)},
-          CANDIDATES, "gpu", candidates_shard, per_train_prompts,
+    Stage("sft", (), sft_settings, SFT_LOG, "gpu", sft_stage, summary="data.sft_pairs -> SFT_LOG + the SFT checkpoint"),
+    Stage("candidates", ("prompts", "sft"), candidates_settings, CANDIDATES, "gpu", candidates_shard, per_train_prompts,
           summary="k sampled rewrites per train prompt, each with its render seed"),
-    Stage("render", ("candidates",), lambda c: {**_render(c), **_sharded(c)}, IMAGES, "gpu", render_shard,
-          per_candidates_part, summary="one PNG per candidate"),
-    Stage("label", ("candidates", "render"), lambda c: {**c.label.model_dump(), **_sharded(c)}, REWARDS, "gpu",
-          label_shard, per_candidates_part, summary="reward of each image vs its ORIGINAL prompt"),
-    Stage("fidelity", ("candidates", "render"), lambda c: {**c.fidelity.model_dump(), **_sharded(c)}, FIDELITY, "gpu",
-          fidelity_shard, per_candidates_part, needed=lambda c: any_run_uses(c, "uses_fidelity"),
+    Stage("render", ("candidates",), render_settings, IMAGES, "gpu", render_shard, per_candidates_part,
+          summary="one PNG per candidate"),
+    Stage("label", ("candidates", "render"), label_settings, REWARDS, "gpu", label_shard, per_candidates_part,
+          summary="the reward of each image vs its ORIGINAL prompt"),
+    Stage("fidelity", ("candidates", "render"), fidelity_settings, FIDELITY, "gpu", fidelity_shard,
+          per_candidates_part, needed=uses_fidelity,
           summary="a text-fidelity score per image (only when a method uses fidelity)"),
-    Stage("pairs", ("candidates", "label"), lambda c: {}, PAIRS, "cpu", pairs_stage,
+    Stage("pairs", ("candidates", "label"), pairs_settings, PAIRS, "cpu", pairs_stage,
           summary="per prompt, best = chosen, worst = rejected"),
-    Stage("weigh", ("pairs",), lambda c: {**c.weigh.model_dump(), **_sharded(c)}, DISTANCES, "gpu", weigh_shard,
-          per_pairs, summary="the pairs + semantic_distance d(x, y_w) (alpha-free)"),
-    Stage("reference", ("sft", "pairs"),
-          lambda c: {"max_length": c.train.max_length, "precision": c.train.precision,
-                     "batch_size": c.train.batch_size, **_sharded(c)},  # batched by train.batch_size: padding changes sums
-          REFERENCE, "gpu", reference_shard, per_pairs, needed=lambda c: any_run_uses(c, "uses_reference"),
-          summary="log ref(y_w), log ref(y_l), KTO's log ref(y'), token counts"),
-    Stage("train", ("sft", "pairs", "weigh", "reference", "fidelity"), lambda c: {}, TRAIN_LOG, "gpu", train_stage,
-          outputs=train_outputs, summary="TRAIN_LOG + the policy checkpoint, one dataset per run"),
+    Stage("weigh", ("pairs",), weigh_settings, DISTANCES, "gpu", weigh_shard, per_pairs,
+          summary="the pairs + semantic_distance d(x, y_w) (alpha-free)"),
+    Stage("reference", ("sft", "pairs"), reference_settings, REFERENCE, "gpu", reference_shard, per_pairs,
+          needed=uses_reference, summary="log ref(y_w), log ref(y_l), KTO's log ref(y'), token counts"),
+    Stage("train", ("sft", "pairs", "weigh", "reference", "fidelity"), train_settings, TRAIN_LOG, "gpu", train_stage,
+          outputs=train_outputs, concurrent=True, summary="TRAIN_LOG + the policy checkpoint, one dataset per run"),
+    Stage("validate", ("prompts", "sft", "train"), validate_settings, EVALUATION, "gpu", validate_shard, per_method,
+          outputs=validate_outputs, summary="every sweep run on the validation prompts (only with train.alpha: auto)"),
     Stage("evaluate", ("prompts", "sft", "train"), evaluate_settings, EVALUATION, "gpu", evaluate_shard, per_method,
           outputs=evaluate_outputs,
           summary="rewrite, image, every scorer's score vs the original, drift, semantic_distance"),
-    Stage("report", ("evaluate",), report_settings, REPORT_SCORES, "cpu", report_stage,
-          summary="REPORT_SCORES + report.md, report.json, plots"),
+    Stage("report", ("evaluate", "validate"), report_settings, REPORT_SCORES, "cpu", report_stage,
+          outputs=report_outputs, summary="REPORT_SCORES + report.md, report.json, plots"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 

@@ -26,7 +26,8 @@ from semdpo_core import checkpoints
 from semdpo_core.context import Output, StageContext
 from semdpo_core.fidelity import fidelity_margins
 from semdpo_core.inference import release_models
-from semdpo_core.methods import Method, PairBatch, get_method
+from semdpo_core.losses import dpo_logits
+from semdpo_core.methods import Method, PairBatch, get_method, run_label
 from semdpo_core.models import load_rewriter
 from semdpo_core.optim import mixed_precision, optimizer_step, warmup_then_linear_decay
 from semdpo_core.reference import ReferenceLogps, kl_completions
@@ -55,7 +56,7 @@ class PreferenceData:
         return self.kl_completion if self.kl_completion is not None else kl_completions(self.chosen)
 
 
-def semantic_weights(method: Method, data: PreferenceData, settings: Any) -> torch.Tensor | None:
+def semantic_weights(method: Method, data: PreferenceData, settings: Any, label: str) -> torch.Tensor | None:
     """The method's offline weight of every pair (None for a method without); logged, with a
     warning when it keeps (almost) nothing."""
     if method.pair_weights is None:
@@ -64,9 +65,9 @@ def semantic_weights(method: Method, data: PreferenceData, settings: Any) -> tor
     weights = method.pair_weights(distances, settings).double()
     effective = weights.sum().item()
     log.info("%s: %d pairs, mean weight %.3f, effective pairs %.1f (distance median %.3f)",
-             method.name, len(weights), weights.mean().item(), effective, distances.median().item())
+             label, len(weights), weights.mean().item(), effective, distances.median().item())
     if effective < 0.01 * len(weights):
-        log.warning("%s keeps under 1%% of the pairs' weight: %s", method.name, method.weight_hint)
+        log.warning("%s keeps under 1%% of the pairs' weight: %s", label, method.weight_hint)
     return weights
 
 
@@ -85,38 +86,40 @@ def train_preference(
     data: PreferenceData,
     reference: ReferenceLogps | None,
     *,
-    method: str,
+    method: str | Method,
     settings: Any,
     seed: int = 0,
     checkpoint_every: int = 0,
     save_checkpoint: Callable[[int, dict[str, bytes]], None] | None = None,
     resume_from: dict[str, bytes] | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    label: str | None = None,
 ) -> list[dict[str, float]]:
     """Train `policy` in place with `method`; returns per-optimizer-step metrics (`on_step` sees each).
+    `label` names the run in logs and the progress bar (default: the method).
 
     `settings` holds the run's training settings (beta, learning_rate, ..., the method's own
     section, Sem-DPO's alpha). Every `checkpoint_every` steps the full training state goes to
     `save_checkpoint(step, files)`; `resume_from` (such files) continues from that step with the
     same data order, learning rate and RNG state, ending where an uninterrupted run ends.
     """
-    s, m = settings, get_method(method)
+    s, m = settings, method if isinstance(method, Method) else get_method(method)
+    label = label or m.name
     # what the method declared it needs, before any step
     if m.uses_reference and reference is None:
-        raise ValueError(f"{method} needs the reference log-probs of the pairs (the reference stage)")
+        raise ValueError(f"{m.name} needs the reference log-probs of the pairs (the reference stage)")
     if m.uses_distance and data.semantic_distance is None:
-        raise ValueError(f"{method} needs each pair's semantic distance (the weigh stage)")
+        raise ValueError(f"{m.name} needs each pair's semantic distance (the weigh stage)")
     if m.uses_fidelity and data.fidelity_margin is None:
-        raise ValueError(f"{method} needs each pair's fidelity margin (the fidelity stage)")
+        raise ValueError(f"{m.name} needs each pair's fidelity margin (the fidelity stage)")
 
     # seeds, and the method's per-pair inputs, computed once
     rng = random.Random(seed)
     torch.manual_seed(seed)
     device = next(policy.parameters()).device
-    weights = semantic_weights(m, data, s)
-    fidelity = normalised_fidelity(data) if m.uses_fidelity else None
-    kl_texts = data.kl_completions() if m.uses_kl else None
-    state = m.state(s, seed) if m.state else None
+    per_pair = PairInputs(semantic_weights(m, data, s, label), normalised_fidelity(data) if m.uses_fidelity else None,
+                       data.kl_completions() if m.uses_kl else None)
+    state = m.initial_state(s, seed) if m.initial_state else None
 
     # optimizer and schedule: warmup, then linear decay to zero over every epoch's steps
     micro_batches = math.ceil(len(data) / s.batch_size)
@@ -129,14 +132,14 @@ def train_preference(
     history: list[dict[str, float]] = []
     resumed = 0
     if resume_from is not None:
-        resumed, history, extra = checkpoints.restore(resume_from, policy, optimizer)
-        scheduler.load_state_dict(extra["scheduler"])
+        resumed, history, saved = checkpoints.restore(resume_from, policy, optimizer)
+        scheduler.load_state_dict(saved["scheduler"])
         if state is not None:
-            state.load_state_dict(extra["loss"])
-        log.info("%s: resuming from the checkpoint at step %d of %d", method, resumed, total)
+            state.load_state_dict(saved["loss"])
+        log.info("%s: resuming from the checkpoint at step %d of %d", label, resumed, total)
 
     policy.train()
-    bar = tqdm(total=total, initial=resumed, desc=method, unit="step")
+    bar = tqdm(total=total, initial=resumed, desc=label, unit="step")
     order = list(range(len(data)))
     step = 0
     for _ in range(s.epochs):
@@ -151,7 +154,8 @@ def train_preference(
             # forward and backward, one micro-batch at a time; gradients accumulate over the group
             stats: dict[str, Any] = {"loss": 0.0, "margin": [], "weight": [], "beta": s.beta}
             for idx in group:
-                batch = pair_batch(policy, tokenizer, data, reference, idx, s.max_length, autocast, weights, fidelity, kl_texts)
+                with autocast:
+                    batch = pair_batch(policy, tokenizer, data, reference, per_pair, idx, s.max_length)
                 out = m.loss(batch, s, state)
                 loss = out.losses.mean() / len(group)
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -179,30 +183,38 @@ def train_preference(
             if on_step:
                 on_step(history[-1])
             if save_checkpoint and checkpoint_every and step % checkpoint_every == 0 and step < total:
-                extra = {"scheduler": scheduler.state_dict(), "loss": state.state_dict() if state is not None else {}}
-                save_checkpoint(step, checkpoints.to_files(policy, optimizer, step, history, extra))
+                saved = {"scheduler": scheduler.state_dict(), "loss": state.state_dict() if state is not None else {}}
+                save_checkpoint(step, checkpoints.to_files(policy, optimizer, step, history, saved))
     bar.close()
     policy.eval()
     last = history[-1]
     log.info("%s: %d steps, final loss %.4f, reward margin %.4f, mean weight %.3f",
-             method, len(history), last["loss"], last["reward_margin"], last["mean_weight"])
+             label, len(history), last["loss"], last["reward_margin"], last["mean_weight"])
     return history
 
 
+@dataclass(frozen=True)
+class PairInputs:
+    """What a method reads per pair besides the log-probs, computed once before the loop."""
+
+    semantic_weight: torch.Tensor | None = None  # the method's pair_weights of the distances
+    fidelity_margin: torch.Tensor | None = None  # normalised_fidelity
+    kl_completions: list[str] | None = None  # KTO's mismatched completions
+
+
 def pair_batch(
-    policy: Any, tokenizer: Any, data: PreferenceData, reference: ReferenceLogps | None, idx: list[int], max_length: int,
-    autocast: Any, weights: torch.Tensor | None, fidelity: torch.Tensor | None, kl_texts: list[str] | None,
+    policy: Any, tokenizer: Any, data: PreferenceData, reference: ReferenceLogps | None, per_pair: PairInputs,
+    idx: list[int], max_length: int,
 ) -> PairBatch:
     """The policy's log-probs of micro-batch `idx` (chosen, rejected and, for KTO, the mismatched
     completions in one forward pass), beside the reference's and the method's per-pair inputs."""
     completions = {"chosen": [data.chosen[i] for i in idx], "rejected": [data.rejected[i] for i in idx]}
-    if kl_texts is not None:
-        completions["kl"] = [kl_texts[i] for i in idx]
-    with autocast:
-        out = concatenated_logps(policy, tokenizer, [data.prompts[i] for i in idx], completions, max_length)
+    if per_pair.kl_completions is not None:
+        completions["kl"] = [per_pair.kl_completions[i] for i in idx]
+    out = concatenated_logps(policy, tokenizer, [data.prompts[i] for i in idx], completions, max_length)
     (chosen, chosen_tokens), (rejected, rejected_tokens) = out["chosen"], out["rejected"]
     device, dtype = chosen.device, chosen.dtype
-    pick = lambda values: None if values is None else values[idx].to(device)  # noqa: E731
+    pick = lambda values: values[idx].to(device)  # noqa: E731
     return PairBatch(
         chosen_logps=chosen, rejected_logps=rejected,
         chosen_tokens=chosen_tokens.to(device), rejected_tokens=rejected_tokens.to(device),
@@ -210,16 +222,17 @@ def pair_batch(
         reference_rejected_logps=pick(reference.rejected) if reference else None,
         kl_logps=out["kl"][0].detach() if "kl" in out else None,
         reference_kl_logps=pick(reference.kl) if reference and "kl" in out else None,
-        semantic_weight=None if weights is None else pick(weights).to(dtype),
-        fidelity_margin=None if fidelity is None else pick(fidelity).to(dtype),
+        semantic_weight=None if per_pair.semantic_weight is None else pick(per_pair.semantic_weight).to(dtype),
+        fidelity_margin=None if per_pair.fidelity_margin is None else pick(per_pair.fidelity_margin).to(dtype),
     )
 
 
 def log_ratio_margin(b: PairBatch) -> torch.Tensor:
-    """(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)); without a reference, log pi(y_w) - log pi(y_l)."""
+    """DPO's margin (logged as reward margin and accuracy); a method without a reference (ORPO)
+    is measured against a zero reference: log pi(y_w) - log pi(y_l)."""
     if b.reference_chosen_logps is None:
         return b.chosen_logps - b.rejected_logps
-    return (b.chosen_logps - b.reference_chosen_logps) - (b.rejected_logps - b.reference_rejected_logps)
+    return dpo_logits(b.chosen_logps, b.rejected_logps, b.reference_chosen_logps, b.reference_rejected_logps)
 
 
 def preference_data(ctx: StageContext, method: Method) -> tuple[PreferenceData, ReferenceLogps | None]:
@@ -253,26 +266,29 @@ def train_stage(ctx: StageContext) -> Output:
     per-step log (TRAIN_LOG) and final checkpoint. Resumes from the newest stored checkpoint."""
     started = time.time()
     s = ctx.settings
-    method = get_method(s.method)
+    method = ctx.method or get_method(s.method)  # the plan's entry: a plugin's method is known on any worker
+    if method.name != s.method:
+        raise ValueError(f"training job {ctx.ref} carries method {method.name!r} but its settings say {s.method!r}")
+    label = run_label(method.name, s.alpha, sweep=True) if "alpha" in s else method.name
     data, reference = preference_data(ctx, method)
     release_models()  # training needs the memory that cached inference models hold
     store = ctx.store
     latest = store.latest_checkpoint(ctx.ref)
     if latest is not None:
-        log.info("%s: found a checkpoint at step %d in the store", method.name, latest[0])
+        log.info("%s: found a checkpoint at step %d in the store", label, latest[0])
 
     def save(step: int, files: dict[str, bytes]) -> None:
-        log.info("%s: checkpoint at step %d -> %s", method.name, step, store.write_checkpoint(ctx.ref, step, files))
+        log.info("%s: checkpoint at step %d -> %s", label, step, store.write_checkpoint(ctx.ref, step, files))
 
     policy, tokenizer = load_rewriter(ctx.checkpoint_dir("sft"), ctx.device)
     history = train_preference(
-        policy, tokenizer, data, reference, method=method.name, settings=s, seed=s.seed,
+        policy, tokenizer, data, reference, method=method, settings=s, seed=s.seed, label=label,
         checkpoint_every=ctx.runtime.checkpoint_every, save_checkpoint=save, resume_from=latest[1] if latest else None,
     )
     log_table = pa.Table.from_pylist([{"method": method.name, **h} for h in history], schema=TRAIN_LOG)
     meta = {"method": method.name, "pairs": len(data), "final_loss": history[-1]["loss"],
             "mean_weight": sum(h["mean_weight"] for h in history) / len(history),
-            "started": started, "finished": time.time()}
+            "started": started, "finished": time.time()}  # wall clock of the run (Ray runs side by side)
     if "alpha" in s:
         meta["alpha"] = s.alpha
     return Output(log_table, files=checkpoints.pretrained_files(policy, tokenizer), meta=meta)

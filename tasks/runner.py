@@ -18,11 +18,14 @@ from semdpo_core.config import RunnerConfig
 
 @flow(name="semdpo-on-ray")
 def tasks_on_ray(submissions: list[Any], resources: dict[str, float]) -> list[Any]:
-    """Submit every (task, arguments) pair to Ray and wait for all of them; raises the first failure."""
+    """Submit every (task, arguments) pair to Ray and wait for all of them, then raise the first
+    failure (the others run to their end: a failed training run does not stop its neighbours)."""
+    from prefect.futures import wait
     from prefect_ray.context import remote_options
 
     with remote_options(**resources):
         futures = [task.submit(**arguments) for task, arguments in submissions]
+    wait(futures)
     return [future.result() for future in futures]
 
 

@@ -18,6 +18,7 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 from semdpo_core.config import RunnerConfig
+from semdpo_core.context import open_store
 from semdpo_core.plan import Job
 from semdpo_core.settings import Runtime
 from semdpo_core.store import ArtifactStore, DatasetRef
@@ -70,7 +71,7 @@ def compute_output(job: Job, runtime: Runtime, done: bool) -> DatasetRef:
     else:
         logger.info("%s: computing %s", job.label, job.ref)
         out = job.stage.compute(job.context(runtime))
-        store = ArtifactStore(runtime.store)
+        store = open_store(runtime.store)
         store.write_dataset(job.ref, job.stage.schema, out.table, files=out.files, meta=out.meta)
         publish_summary(job.ref, store.manifest(job.ref), artifact_key(job.task_name))
     remember_done(runtime, job.ref)
@@ -82,7 +83,7 @@ def compute_shard(job: Job, runtime: Runtime, shard: int, done: bool) -> Dataset
     """One shard of a sharded output: its rows, committed as one part with its record."""
     if not done:
         table = job.stage.compute(job.context(runtime), shard)
-        ArtifactStore(runtime.store).write_part(job.ref, shard, table, job.stage.schema)
+        open_store(runtime.store).write_part(job.ref, shard, table, job.stage.schema)
     remember_done(runtime, job.ref, shard)
     return job.ref
 
@@ -91,7 +92,7 @@ def compute_shard(job: Job, runtime: Runtime, shard: int, done: bool) -> Dataset
 def commit_shards(job: Job, runtime: Runtime, num_shards: int, done: bool) -> DatasetRef:
     """The manifest over every shard's part: from here on the output exists."""
     if not done:
-        store = ArtifactStore(runtime.store)
+        store = open_store(runtime.store)
         store.commit(job.ref, job.stage.schema, num_shards, meta={"shards": num_shards})
         publish_summary(job.ref, store.manifest(job.ref), artifact_key(job.stage.name))
     remember_done(runtime, job.ref)
@@ -100,7 +101,7 @@ def commit_shards(job: Job, runtime: Runtime, num_shards: int, done: bool) -> Da
 
 def run_sharded(job: Job, runtime: Runtime, runner: RunnerConfig) -> DatasetRef:
     """Every shard of `job` not yet done (on Ray, all at once), then the commit; logs how many were reused."""
-    store = ArtifactStore(runtime.store)
+    store = open_store(runtime.store)
     committed = check_stage(store, job.ref)
     num_shards = job.stage.shards(job.context(runtime))
     done = [committed or store.shard_is_done(job.ref, i) for i in range(num_shards)]
@@ -109,30 +110,33 @@ def run_sharded(job: Job, runtime: Runtime, runner: RunnerConfig) -> DatasetRef:
     progress = stage_progress(name, 100 * sum(done) / num_shards)
     shard_task = compute_shard.with_options(name=name, task_run_name=f"{name}-{{shard}}")
     calls = [dict(job=job, runtime=runtime, shard=i, done=d) for i, d in enumerate(done)]
-    if runner.kind == "ray":
-        run_on_ray(f"{name}-shards-on-ray", [(shard_task, call) for call in calls], runner)
+    for call in calls:
+        if call["done"]:
+            shard_task(**call)  # reused: shown as Cached, nothing to place on a GPU
+    todo = [call for call in calls if not call["done"]]
+    if runner.kind == "ray" and todo:
+        run_on_ray(f"{name}-shards-on-ray", [(shard_task, call) for call in todo], runner)
         update_stage_progress(progress, 100.0)
     else:
-        finished = sum(done)
-        for call in calls:
+        for finished, call in enumerate(todo, start=sum(done) + 1):
             shard_task(**call)
-            if not call["done"]:
-                finished += 1
-                update_stage_progress(progress, 100 * finished / num_shards)
+            update_stage_progress(progress, 100 * finished / num_shards)
     commit_shards.with_options(name=f"{name}-commit")(job, runtime, num_shards=num_shards, done=committed)
     log.info("%s %s: committed; shards reused %d, computed %d", name, job.ref, sum(done), num_shards - sum(done))
     return job.ref
 
 
 def run_jobs(jobs: list[Job], runtime: Runtime, runner: RunnerConfig) -> list[DatasetRef]:
-    """A stage's outputs: sharded ones shard by shard; unsharded ones (the training runs) one
-    task each, all at once on Ray (one GPU each), else one after another."""
-    unsharded = [job for job in jobs if job.stage.shards is None]
+    """A stage's outputs: sharded ones shard by shard; unsharded ones one task each. The outputs
+    of a stage declared `concurrent` (the training runs) that are not done yet run at once on
+    Ray, one GPU each; otherwise one after another."""
     refs = [run_sharded(job, runtime, runner) for job in jobs if job.stage.shards is not None]
-    store = ArtifactStore(runtime.store)
-    submissions = [(compute_output.with_options(name=job.task_name), dict(job=job, runtime=runtime,
-                                                                         done=check_stage(store, job.ref)))
-                   for job in unsharded]
-    if runner.kind == "ray" and any(job.stage.name == "train" for job in unsharded):
-        return refs + run_on_ray("train-runs-on-ray", submissions, runner)
+    store = open_store(runtime.store)
+    submissions = [(compute_output.with_options(name=job.task_name),
+                    dict(job=job, runtime=runtime, done=check_stage(store, job.ref)))
+                   for job in jobs if job.stage.shards is None]
+    todo = [(task, arguments) for task, arguments in submissions if not arguments["done"]]
+    if runner.kind == "ray" and todo and all(arguments["job"].stage.concurrent for _, arguments in todo):
+        done = [task(**arguments) for task, arguments in submissions if arguments["done"]]
+        return refs + done + run_on_ray(f"{jobs[0].stage.name}-runs-on-ray", todo, runner)
     return refs + [task(**arguments) for task, arguments in submissions]

@@ -122,3 +122,33 @@ def test_bad_prompt_file_stops_the_run_before_any_stage(tmp_path):
     assert f"{bad}:2: malformed JSON" in result.stderr
     assert "Starting temporary server" not in result.stdout + result.stderr  # stopped before Prefect started
     assert not any((tmp_path / "bad").glob("*/*/_manifest.json"))
+
+
+def test_alpha_auto_chooses_on_validation_prompts_held_out_of_training(tmp_path, prefect_server):
+    """train.alpha: auto trains the grid, scores each run on training prompts held out of training,
+    and the report compares the run it chose (head to head) beside the alpha best on test."""
+    from flows.pipeline import pipeline
+
+    from semdpo_core.schemas import CANDIDATES, PROMPTS
+
+    config = small_config(tmp_path, "auto", data={**SMALL["data"], "max_train_prompts": 6},
+                          train={**SMALL["train"], "methods": ["dpo", "sem_dpo"], "alpha": "auto",
+                                 "alpha_grid": [0.0, 4.0], "validation_prompts": 3})
+    pipeline(config_path=str(config))
+    cfg = load_config(config)
+    store, plan = ArtifactStore(cfg.store_root()), plan_pipeline(cfg)
+    prompts = store.read_table(plan.ref("prompts"), PROMPTS).to_pylist()
+    split = {s: {r["prompt_id"] for r in prompts if r["split"] == s} for s in ("train", "validation", "test")}
+    assert len(split["validation"]) == 3 and len(split["train"]) == 6
+    assert not split["validation"] & (split["train"] | split["test"])
+    trained_on = set(store.read_table(plan.ref("candidates"), CANDIDATES).column("prompt_id").to_pylist())
+    assert trained_on <= split["train"]  # the validation prompts never reach candidates, pairs or training
+    validation = store.read_table(plan.ref("validate"), EVALUATION).select(["method", "prompt_id"]).to_pylist()
+    assert {r["method"] for r in validation} == {"sem_dpo@alpha=0", "sem_dpo@alpha=4"}
+    assert {r["prompt_id"] for r in validation} == split["validation"]
+    tables = json.loads(store.read_file(plan.ref("report"), "report.json"))
+    selection = tables["alpha_selection"]
+    assert [r["alpha"] for r in selection["by_alpha"]] == [0.0, 4.0]
+    best = max(selection["by_alpha"], key=lambda r: r["validation"])
+    assert selection["chosen"] == best["method"] == tables["focus"]
+    assert "Alpha chosen on the validation prompts" in store.read_file(plan.ref("report"), "report.md").decode()

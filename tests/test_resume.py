@@ -178,7 +178,9 @@ def test_prefect_flow_run_retry_continues_a_failed_run(tmp_path, prefect_server)
     from flows.pipeline import pipeline
     from semdpo_core.models import resolve
 
-    reward_model = tmp_path / "reward-model"  # not there yet: the label stage fails
+    reward_model = tmp_path / "reward-model"  # there, but not a model yet: the check passes, the label stage fails
+    reward_model.mkdir()
+    (reward_model / "config.json").write_text("a download cut short")
     config = tmp_path / "retry.yaml"
     config.write_text(yaml.safe_dump({**SMALL, "store": str(tmp_path / "retry"),
                                       "label": {"reward_model": {"kind": "pickscore", "model": str(reward_model)}}}))
@@ -189,6 +191,7 @@ def test_prefect_flow_run_retry_continues_a_failed_run(tmp_path, prefect_server)
     assert (render_dir / "_manifest.json").exists() and not (tmp_path / "retry" / plan.ref("label").prefix / "_manifest.json").exists()
     before = {p.name: p.stat().st_mtime_ns for p in render_dir.glob("part-*.parquet")}
 
+    shutil.rmtree(reward_model)
     shutil.copytree(resolve("tiny:pickscore"), reward_model)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     result = subprocess.run(
@@ -204,3 +207,17 @@ def test_prefect_flow_run_retry_continues_a_failed_run(tmp_path, prefect_server)
 
 def store_ref_done(config_path: Path, ref) -> bool:
     return ArtifactStore(load_config(config_path).store_root()).is_committed(ref)
+
+
+def test_a_missing_model_stops_the_flow_before_any_stage(tmp_path, prefect_server):
+    """A deployment run checks every model too (not only the CLI): the error names the config field."""
+    from flows.pipeline import pipeline
+
+    config = tmp_path / "missing.yaml"
+    config.write_text(yaml.safe_dump({**SMALL, "store": str(tmp_path / "missing"),
+                                      "label": {"reward_model": {"kind": "pickscore", "model": str(tmp_path / "nowhere")}}}))
+    state = pipeline(config_path=str(config), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"label.reward_model.model: .*nowhere \(not here\)"):
+        state.result()
+    assert not list((tmp_path / "missing").glob("*/*/_manifest.json"))  # no stage started

@@ -20,14 +20,14 @@ from semdpo_core import methods
 from semdpo_core.config import ConfigError, load_config
 from semdpo_core.context import StageContext
 from semdpo_core.losses import dpo_logits
-from semdpo_core.methods import Method, PairLoss, parse_run_label, run_label
+from semdpo_core.methods import DEFAULT_METHODS, METHODS, LossOutput, Method, parse_run_label, run_label
 from semdpo_core.plan import plan_pipeline
 from semdpo_core.render import render_shard
 from semdpo_core.schemas import EVALUATION, TRAIN_LOG
 from semdpo_core.sections import Section
 from semdpo_core.settings import Runtime, SettingNotHashed, Settings
 from semdpo_core.stages import STAGES
-from semdpo_core.store import ArtifactStore, DatasetRef, fingerprint
+from semdpo_core.store import ArtifactStore, fingerprint
 from tests.small import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,9 +104,9 @@ class HingeConfig(Section):
     margin: float = Field(1.0, gt=0)
 
 
-def hinge(b, s, _state) -> PairLoss:
+def hinge(b, s, _state) -> LossOutput:
     logits = dpo_logits(b.chosen_logps, b.rejected_logps, b.reference_chosen_logps, b.reference_rejected_logps)
-    return PairLoss(torch.relu(s.hinge.margin - s.beta * logits))
+    return LossOutput(torch.relu(s.hinge.margin - s.beta * logits))
 
 
 @pytest.fixture
@@ -129,6 +129,64 @@ def test_a_registered_method_gets_its_config_section(hinge_method):
 def test_an_unregistered_method_is_refused_by_name():
     with pytest.raises(ConfigError, match=r"unknown method 'hinge'; known methods: dpo, sem_dpo"):
         load_config(None, ["train.methods=[hinge]"])
+    with pytest.raises(ConfigError, match=r"plugins: cannot import 'no_such_module' \(ModuleNotFoundError"):
+        load_config(None, ["plugins=[no_such_module]"])
+    with pytest.raises(ValueError, match="none of human, sft, prompts"):
+        methods.register(Method("sft", hinge, "x"))
+
+
+def test_readme_method_table_is_the_registry():
+    rows = [line.split("|") for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
+    table = {cells[1].strip().strip("`"): cells[2].strip() for cells in rows if cells[1].strip().strip("`") in METHODS}
+    assert table == {name: METHODS[name].summary for name in DEFAULT_METHODS}
+
+
+# --- every declared setting is read ---------------------------------------------------------------
+
+# Declared but never read: hashed so that stores made before the stage table keep their fingerprints
+# (render, label and fidelity follow the candidates' parts, so their shard_size only repeats the
+# candidates'; the prompts stage hashed the whole data section and the seed from the start), and
+# the prompt files' digests, which stand for the bytes the stage reads through the files' paths.
+HASHED_UNREAD = {
+    ("prompts", "seed"), ("prompts", "data.sft_pairs"),
+    ("prompts", "data.digests.train_prompts"), ("prompts", "data.digests.test_prompts.demo"),
+    ("render", "shard_size"), ("label", "shard_size"), ("fidelity", "shard_size"),
+    ("evaluate", "evaluate.methods"),  # the evaluated runs are `methods`, the resolved list
+}
+
+
+def leaves(values, prefix=""):
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+@pytest.mark.slow
+def test_every_setting_a_stage_declares_is_read(tmp_path, prefect_server, monkeypatch):
+    """The other direction of the stage table's rule: run every stage (all eight methods) and
+    record each read of a Settings view; declared and never read is only the known list."""
+    from flows.pipeline import pipeline
+
+    reads: set[tuple[str, str]] = set()
+    getitem = Settings.__getitem__
+
+    def recording(self, name):
+        value = getitem(self, name)
+        reads.add((self._stage, f"{self._path}{name}"))
+        return value
+
+    monkeypatch.setattr(Settings, "__getitem__", recording)
+    path = tmp_path / "all.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, "train": {**SMALL["train"], "methods": list(DEFAULT_METHODS)},
+                                    "store": str(tmp_path / "store")}))
+    pipeline(config_path=str(path))
+    plan = plan_pipeline(load_config(path))
+    declared = {(job.stage.name, leaf) for job in plan.jobs for leaf in leaves(job.settings.to_dict())}
+    unread = {(stage, leaf) for stage, leaf in declared if (stage, leaf) not in reads}
+    assert unread == HASHED_UNREAD
+
 
 
 @pytest.mark.slow
