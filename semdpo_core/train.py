@@ -105,13 +105,7 @@ def train_preference(
     """
     s, m = settings, method if isinstance(method, Method) else get_method(method)
     label = label or m.name
-    # what the method declared it needs, before any step
-    if m.uses_reference and reference is None:
-        raise ValueError(f"{m.name} needs the reference log-probs of the pairs (the reference stage)")
-    if m.uses_distance and data.semantic_distance is None:
-        raise ValueError(f"{m.name} needs each pair's semantic distance (the weigh stage)")
-    if m.uses_fidelity and data.fidelity_margin is None:
-        raise ValueError(f"{m.name} needs each pair's fidelity margin (the fidelity stage)")
+    check_inputs(m, data, reference)  # what the method declared it needs, before any step
 
     # seeds, and the method's per-pair inputs, computed once
     rng = random.Random(seed)
@@ -152,18 +146,14 @@ def train_preference(
             group = batches[first : first + s.gradient_accumulation_steps]
 
             # forward and backward, one micro-batch at a time; gradients accumulate over the group
-            stats: dict[str, Any] = {"loss": 0.0, "margin": [], "weight": [], "beta": s.beta}
+            batches_out = []
             for idx in group:
                 with autocast:
                     batch = pair_batch(policy, tokenizer, data, reference, per_pair, idx, s.max_length)
                 out = m.loss(batch, s, state)
                 loss = out.losses.mean() / len(group)
                 (scaler.scale(loss) if scaler else loss).backward()
-                stats["loss"] += loss.item()
-                stats["margin"].append(log_ratio_margin(batch).detach().double().cpu())
-                stats["weight"].append((out.weights if out.weights is not None else torch.ones_like(batch.chosen_logps))
-                                       .detach().double().cpu())
-                stats["beta"] = out.beta if out.beta is not None else s.beta
+                batches_out.append((batch, out, loss.item()))
 
             # optimizer step: clip, step, schedule
             lr = scheduler.get_last_lr()[0]
@@ -172,14 +162,9 @@ def train_preference(
             optimizer.zero_grad(set_to_none=True)
 
             # log the step; checkpoint every `checkpoint_every` steps (not the last: the stage saves it)
-            margin, weight = torch.cat(stats["margin"]), torch.cat(stats["weight"])
-            history.append({
-                "step": len(history), "loss": stats["loss"], "reward_margin": s.beta * margin.mean().item(),
-                "accuracy": (margin > 0).double().mean().item(), "mean_weight": weight.mean().item(),
-                "effective_batch": weight.sum().item(), "beta": float(stats["beta"]), "learning_rate": lr,
-            })
+            history.append(step_metrics(len(history), batches_out, s.beta, lr))
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
             if on_step:
                 on_step(history[-1])
             if save_checkpoint and checkpoint_every and step % checkpoint_every == 0 and step < total:
@@ -191,6 +176,31 @@ def train_preference(
     log.info("%s: %d steps, final loss %.4f, reward margin %.4f, mean weight %.3f",
              label, len(history), last["loss"], last["reward_margin"], last["mean_weight"])
     return history
+
+
+def check_inputs(method: Method, data: PreferenceData, reference: ReferenceLogps | None) -> None:
+    """Refuse to start a run without the upstream data its method declared it needs."""
+    if method.uses_reference and reference is None:
+        raise ValueError(f"{method.name} needs the reference log-probs of the pairs (the reference stage)")
+    if method.uses_distance and data.semantic_distance is None:
+        raise ValueError(f"{method.name} needs each pair's semantic distance (the weigh stage)")
+    if method.uses_fidelity and data.fidelity_margin is None:
+        raise ValueError(f"{method.name} needs each pair's fidelity margin (the fidelity stage)")
+
+
+def step_metrics(step: int, micro_batches: list[tuple[PairBatch, Any, float]], beta: float, lr: float) -> dict[str, float]:
+    """One optimizer step's log: its loss, DPO's reward margin and accuracy, the pairs' mean
+    weight and their sum (effective batch), the beta used and the learning rate."""
+    margin = torch.cat([log_ratio_margin(b).detach().double().cpu() for b, _, _ in micro_batches])
+    weight = torch.cat([(out.weights if out.weights is not None else torch.ones_like(b.chosen_logps)).detach().double().cpu()
+                        for b, out, _ in micro_batches])
+    last = micro_batches[-1][1]
+    return {
+        "step": step, "loss": sum(loss for _, _, loss in micro_batches), "reward_margin": beta * margin.mean().item(),
+        "accuracy": (margin > 0).double().mean().item(), "mean_weight": weight.mean().item(),
+        "effective_batch": weight.sum().item(), "beta": float(last.beta if last.beta is not None else beta),
+        "learning_rate": lr,
+    }
 
 
 @dataclass(frozen=True)
