@@ -78,20 +78,18 @@ def check(
     """Say, before anything runs, whether every model the config names is on this machine, and
     the one command that fetches what is missing into the Hugging Face cache."""
     from semdpo_core.config import ConfigError, load_config
-    from semdpo_core.model_needs import fetch_command, missing_files, model_needs
+    from semdpo_core.model_needs import fetch_command, model_status
 
     try:
         cfg = load_config(config, set_)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    missing = []
-    for need in model_needs(cfg):
-        files = missing_files(need)
+    status = model_status(cfg)
+    for need, files in status:
         state = "ok" if files is None else ("missing" if files == ["*"] else "lacks " + ", ".join(files))
         typer.echo(f"  {need.field:40s} {need.ref:40s} {state}")
-        if files is not None:
-            missing.append((need, files))
+    missing = [(need, files) for need, files in status if files is not None]
     if not missing:
         typer.echo("every model is here")
         return

@@ -1,6 +1,6 @@
 """The Sem-DPO pipeline as one Prefect flow: the stage table (`semdpo_core/stages.py`) in order,
 prompts -> SFT -> candidates -> render -> label (-> fidelity) -> pairs -> weigh -> reference ->
-train (every run) -> evaluate -> report. Every output is a cached task (sharded stages: one task
+train (every run) (-> validate) -> evaluate -> report. Every output is a cached task (sharded stages: one task
 per shard) keyed by its fingerprint; a rerun reuses whatever the store already holds.
 """
 
@@ -16,7 +16,7 @@ from semdpo_core.config import PipelineConfig, load_config
 from semdpo_core.context import open_store
 from semdpo_core.model_needs import require_models
 from semdpo_core.plan import Plan, plan_pipeline
-from semdpo_core.stages import STAGE_NAMES, STAGES
+from semdpo_core.stages import STAGE_NAMES, STAGES, stage as stage_named
 from semdpo_core.store import ArtifactStore
 from tasks.artifacts import publish_metrics, publish_report
 from tasks.stage_tasks import run_jobs
@@ -28,8 +28,7 @@ class UpstreamMissing(RuntimeError):
 
 def check_upstream(store: ArtifactStore, plan: Plan, stage: str) -> None:
     """Running one stage alone needs every stage before it in the store."""
-    if stage not in STAGE_NAMES:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_NAMES)}")
+    stage_named(stage)  # an unknown name: the error lists the stages
     before = set(STAGE_NAMES[: STAGE_NAMES.index(stage)])
     missing = [job.label for job in plan.jobs if job.stage.name in before and not store.is_committed(job.ref)]
     if missing:

@@ -102,14 +102,14 @@ def missing_files(need: ModelNeed) -> list[str] | None:
     return missing or None
 
 
+def model_status(config: PipelineConfig) -> list[tuple[ModelNeed, list[str] | None]]:
+    """Every need of the config with what this machine lacks of it (None: nothing)."""
+    return [(need, missing_files(need)) for need in model_needs(config)]
+
+
 def unmet(config: PipelineConfig) -> list[tuple[ModelNeed, list[str]]]:
     """The needs this machine does not meet, each with what is missing."""
-    out = []
-    for need in model_needs(config):
-        missing = missing_files(need)
-        if missing is not None:
-            out.append((need, missing))
-    return out
+    return [(need, missing) for need, missing in model_status(config) if missing is not None]
 
 
 def by_repo(needs: list[ModelNeed]) -> dict[str, tuple[set[str] | None, set[str], list[str]]]:

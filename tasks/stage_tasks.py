@@ -136,7 +136,7 @@ def run_jobs(jobs: list[Job], runtime: Runtime, runner: RunnerConfig) -> list[Da
                     dict(job=job, runtime=runtime, done=check_stage(store, job.ref)))
                    for job in jobs if job.stage.shards is None]
     todo = [(task, arguments) for task, arguments in submissions if not arguments["done"]]
-    if runner.kind == "ray" and todo and all(arguments["job"].stage.concurrent for _, arguments in todo):
+    if runner.kind == "ray" and todo and jobs[0].stage.concurrent:  # a stage's jobs share their stage
         done = [task(**arguments) for task, arguments in submissions if arguments["done"]]
         return refs + done + run_on_ray(f"{jobs[0].stage.name}-runs-on-ray", todo, runner)
     return refs + [task(**arguments) for task, arguments in submissions]
