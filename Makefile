@@ -1,11 +1,12 @@
 # semdpo: the two commands a new user runs on a fresh clone.
 #   make demo   install into .venv, run the whole pipeline on the offline default
 #   make test   install into .venv (with test extras), run the test suite
+#   make env    write docker/.env, the Docker stack's random credentials (FORCE=1 replaces it)
 PYTHON ?= python3.11
 VENV   ?= .venv
 PIP    := $(VENV)/bin/pip
 
-.PHONY: install demo test clean-store
+.PHONY: install demo test env clean-store
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ demo: install
 
 test: install $(VENV)/.originals
 	$(VENV)/bin/python -m pytest -q
+
+# docker/compose.yaml refuses to start without it; never overwrites an existing one unless FORCE=1
+env:
+	python3 docker/make_env.py $(if $(FORCE),--force)
 
 clean-store:
 	rm -rf $${SEMDPO_STORE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/semdpo/store}
