@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -10,6 +12,35 @@ import typer
 # `semdpo --help` answers at once; nothing imports this module, so no cycle can hide behind it.
 
 app = typer.Typer(help="Sem-DPO: semantically weighted DPO for text-to-image prompt rewriting.", no_args_is_help=True)
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed as one line."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user's config, input files, models or store cause (each message says what to do)."""
+    from semdpo_core.backends import StoreError
+    from semdpo_core.config import ConfigError
+    from semdpo_core.models import ModelNotFound
+    from semdpo_core.prompt_files import PromptFileError
+    from semdpo_core.store import CorruptArtifact, DatasetMissing
+
+    return UserError, ConfigError, PromptFileError, ModelNotFound, StoreError, CorruptArtifact, DatasetMissing
+
+
+def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A command that ends a user error with `error: ...` and exit status 2, never a traceback."""
+
+    @functools.wraps(command)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except user_errors() as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return guarded
+
 
 SetOption = Annotated[
     Optional[list[str]], typer.Option("--set", help="override a config field: section.field=value (repeatable)")
@@ -23,28 +54,37 @@ def run(
     stage: Annotated[Optional[str], typer.Option(help="run this stage alone (its upstream must be done)")] = None,
 ) -> None:
     """Run the whole pipeline (or one stage); finished stages are reused from the store."""
-    from semdpo_core.backends import StoreError
+    from semdpo_core.backends import StoreError, open_backend
     from semdpo_core.config import ConfigError, load_config
     from semdpo_core.model_needs import require_models
     from semdpo_core.models import ModelNotFound
-    from semdpo_core.prompts import PromptFileError, check_sources
+    from semdpo_core.prompts import PromptFileError, check_inputs
     from semdpo_core.stages import STAGE_NAMES
     from semdpo_core.store import CorruptArtifact
 
     try:  # fail here, before Prefect starts, on a bad config or bad input files
         cfg = load_config(config, set_)
-        d = cfg.data
-        check_sources(d.train_prompts, d.test_sets(), d.sft_pairs, d.prompt_column)
         if stage is not None and stage not in STAGE_NAMES:
             raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_NAMES)}")
+        open_backend(cfg.store_root())  # a malformed store root (no network is needed to tell)
         require_models(cfg)
-    except (ConfigError, PromptFileError, ModelNotFound) as e:
+        check_inputs(cfg)  # after the models: it reads the rewriter's tokenizer
+    except (ConfigError, PromptFileError, ModelNotFound, StoreError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     from flows.pipeline import UpstreamMissing, pipeline
+    from semdpo_core.backends import StoreUnavailable
+    from semdpo_core.store import DatasetMissing
 
     try:
         table = pipeline(config_path=config, overrides=set_ or [], stage=stage)
+    except StoreUnavailable as e:  # the store went away, the input is fine: its message says to rerun
+        typer.echo(f"\nerror: {e}", err=True)
+        raise typer.Exit(1) from None
+    except DatasetMissing as e:  # a stage output vanished from the store meanwhile
+        typer.echo(f"\nerror: {e}; finished stages are kept in the store, so a rerun recomputes only what is missing",
+                   err=True)
+        raise typer.Exit(1) from None
     except (PromptFileError, ModelNotFound, NotImplementedError, StoreError, CorruptArtifact, UpstreamMissing) as e:
         typer.echo(f"\nerror: {e}\nFinished stages are kept in the store; fix the input and run again.", err=True)
         raise typer.Exit(1) from None
@@ -53,6 +93,7 @@ def run(
 
 
 @app.command()
+@one_line_errors
 def status(
     config: Annotated[Optional[str], typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
     set_: SetOption = None,
@@ -71,20 +112,17 @@ def status(
 
 
 @app.command()
+@one_line_errors
 def check(
     config: Annotated[Optional[str], typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
     set_: SetOption = None,
 ) -> None:
     """Say, before anything runs, whether every model the config names is on this machine, and
     the one command that fetches what is missing into the Hugging Face cache."""
-    from semdpo_core.config import ConfigError, load_config
+    from semdpo_core.config import load_config
     from semdpo_core.model_needs import fetch_command, model_status
 
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    cfg = load_config(config, set_)
     status = model_status(cfg)
     for need, files in status:
         state = "ok" if files is None else ("missing" if files == ["*"] else "lacks " + ", ".join(files))
@@ -99,6 +137,39 @@ def check(
 
 
 @app.command()
+@one_line_errors
+def gc(
+    configs: Annotated[Optional[list[str]], typer.Argument(help="every config that uses the store (default: the offline profile)")] = None,
+    set_: SetOption = None,
+    delete: Annotated[bool, typer.Option("--delete", help="remove what is listed (default: only list it)")] = False,
+) -> None:
+    """List what the store holds that none of CONFIGS needs (old outputs, finished runs'
+    checkpoints, temporaries of killed writers); --delete removes it."""
+    from semdpo_core.config import load_config
+    from semdpo_core.store import ArtifactStore
+    from semdpo_core.store_gc import find_garbage, human, remove
+
+    loaded = [load_config(c, set_) for c in (configs or [None])]
+    roots = sorted({c.store_root() for c in loaded})
+    if len(roots) > 1:
+        raise UserError(f"the configs use different stores ({', '.join(roots)}); collect one store at a time")
+    store = ArtifactStore(roots[0])
+    garbage = find_garbage(store, loaded)
+    for item in garbage:
+        typer.echo(f"  {human(item.bytes):>9s}  {item.prefix}  ({item.reason}, {len(item.keys)} files)")
+    total = human(sum(item.bytes for item in garbage))
+    if not garbage:
+        typer.echo(f"store {roots[0]}: nothing to collect")
+    elif delete:
+        remove(store, garbage)
+        typer.echo(f"store {roots[0]}: removed {total}")
+    else:
+        typer.echo(f"store {roots[0]}: {total} collectable; an output that another config of this store needs "
+                   "is listed too unless that config is named; rerun with --delete to remove it")
+
+
+@app.command()
+@one_line_errors
 def deploy(
     pool_type: Annotated[str, typer.Option(help="type of the work pools to create (process, docker, ...)")] = "process",
 ) -> None:

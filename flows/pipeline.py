@@ -16,9 +16,10 @@ from semdpo_core.config import PipelineConfig, load_config
 from semdpo_core.context import open_store
 from semdpo_core.model_needs import require_models
 from semdpo_core.plan import Plan, plan_pipeline
+from semdpo_core.prompts import check_inputs
 from semdpo_core.stages import STAGE_NAMES, STAGES, stage as stage_named
 from semdpo_core.store import ArtifactStore
-from tasks.artifacts import publish_metrics, publish_report
+from tasks.artifacts import publish_metrics, publish_report, publish_run
 from tasks.stage_tasks import run_jobs
 
 
@@ -37,21 +38,22 @@ def check_upstream(store: ArtifactStore, plan: Plan, stage: str) -> None:
         )
 
 
-def run_stages(config: PipelineConfig, plan: Plan, until: str | None = None) -> str | None:
+def run_stages(config: PipelineConfig, plan: Plan, until: str | None = None) -> tuple[str | None, list | None, dict[str, str]]:
     """Each stage of the table in order, through `until` (default: all), passing only store
-    references between them. Returns the metrics table once the evaluation has run, else None."""
+    references between them. Returns the metrics (as text and rows) once the evaluation has run
+    (else None) and what the run did to each output (reused, computed, resumed, recomputed)."""
     store = open_store(plan.runtime.store)
-    metrics = None
+    metrics, rows, states = None, None, {}
     for stage in STAGES:
         jobs = plan.jobs_of(stage.name)
-        run_jobs(jobs, plan.runtime, config.runner)
+        states |= run_jobs(jobs, plan.runtime, config.runner)
         if stage.name == "evaluate":
-            metrics = publish_metrics(store, plan.ref("evaluate"))
+            metrics, rows = publish_metrics(store, plan.ref("evaluate"))
         if stage.name == "report":
             publish_report(store, plan.ref("report"))
         if stage.name == until:
             break
-    return metrics
+    return metrics, rows, states
 
 
 @flow(name="semdpo-pipeline")
@@ -64,6 +66,7 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
     logger = get_run_logger()
     config = load_config(config_path, overrides)
     require_models(config)  # every model named is here, before any stage starts
+    check_inputs(config)  # and every input file holds usable prompts
     store = open_store(config.store_root())
     plan = plan_pipeline(config)
     if stage is not None:
@@ -74,16 +77,18 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
         config.name, config.store_root(), sum(before.values()), len(before),
     )
     started = time.perf_counter()
-    table = run_stages(config, plan, until=stage)
+    table, rows, states = run_stages(config, plan, until=stage)
     elapsed = time.perf_counter() - started
     through = STAGE_NAMES if stage is None else STAGE_NAMES[: STAGE_NAMES.index(stage) + 1]
     ran = [job for job in plan.jobs if job.stage.name in through]
-    stages = {job.label: {"fingerprint": job.ref.fingerprint, "reused": before[job.label]} for job in ran}
+    stages = {job.label: {"fingerprint": job.ref.fingerprint, "state": states[job.label],
+                          "reused": states[job.label] == "reused"} for job in ran}
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     where = store.write_run(run_id, {"config": config.model_dump(), "stages": stages, "seconds": elapsed, "stage": stage})
     for label, info in stages.items():
-        logger.info("  %-16s %s  %s", label, info["fingerprint"], "reused" if info["reused"] else "computed")
+        logger.info("  %-16s %s  %s", label, info["fingerprint"], info["state"])
     logger.info("run record: %s", where)
+    publish_run(config.name, config.store_root(), where, stages, rows, elapsed)
     if stage not in (None, "evaluate", "report"):
         return f"stage {stage} done: {', '.join(str(job.ref) for job in plan.jobs_of(stage))}"
     logger.info("evaluation (image vs original prompt, mean ± std):\n%s", table)

@@ -7,10 +7,13 @@ into place locally; a single PUT on S3). Messages name keys as URIs and never ho
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -19,7 +22,7 @@ class StoreError(RuntimeError):
 
 
 class StoreUnavailable(StoreError):
-    """The store could not be reached (after retries): nothing was lost, rerun once it is back."""
+    """The store stayed unreachable for the whole retry budget: nothing was lost, rerun once it is back."""
 
 
 class KeyMissing(StoreError, FileNotFoundError):
@@ -34,6 +37,7 @@ class Backend(Protocol):
     def list(self, prefix: str) -> list[str]: ...
     def matches(self, key: str, sha256: str, md5: str) -> bool: ...
     def describe(self, key: str) -> str: ...
+    def sizes(self, prefix: str) -> dict[str, int]: ...
 
 
 def digests(data: bytes) -> dict[str, str]:
@@ -97,17 +101,96 @@ class LocalBackend:
     def describe(self, key: str) -> str:
         return str(self.path(key))
 
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """{key: bytes} of every key under `prefix` (what `semdpo gc` weighs)."""
+        return {key: self.path(key).stat().st_size for key in self.list(prefix)}
+
+
+# Transient S3 faults are retried for a time budget, not a count: a store restarting for minutes
+# must not stop a day-long run. Each call gets a few botocore attempts; around it, backoff from
+# RETRY_FIRST_S doubling to RETRY_CAP_S until the budget has passed since the call first failed.
+RETRY_SECONDS_VAR = "SEMDPO_STORE_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 300.0
+RETRY_FIRST_S, RETRY_CAP_S = 0.5, 15.0
+WARN_EVERY_S = 30.0
+DEFAULT_CALL_ATTEMPTS = 2  # botocore's own tries per call (AWS_MAX_ATTEMPTS overrides)
+THROTTLING_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded",
+})
+TRANSIENT_CODES = THROTTLING_CODES | {"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete",
+                                      "InternalError", "ServiceUnavailable"}
+CREDENTIAL_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                              "InvalidToken", "TokenRefreshRequired"})
+
+log = logging.getLogger("semdpo.store")
+
+T = TypeVar("T")
+
+# the clock and the wait of the retries, module attributes so that tests can run them on a fake clock
+_clock: Callable[[], float] = time.monotonic
+_sleep: Callable[[float], None] = time.sleep
+
+
+def retry_seconds_from_env() -> float:
+    """The transient-fault budget in seconds: SEMDPO_STORE_RETRY_SECONDS, default 300."""
+    raw = os.environ.get(RETRY_SECONDS_VAR, "").strip()
+    if not raw:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also refuses nan
+        raise StoreError(f"{RETRY_SECONDS_VAR}={raw!r} is not a number of seconds; set it to e.g. 300, or unset it")
+    return seconds
+
+
+@dataclass
+class Outage:
+    """One call's run of transient faults: when it began, the next backoff, when it was last reported."""
+
+    budget: float
+    started: float = field(default_factory=lambda: _clock())
+    delay: float = RETRY_FIRST_S
+    warned: float | None = None
+
+    def elapsed(self) -> float:
+        return _clock() - self.started
+
+    def left(self) -> float:
+        return max(0.0, self.budget - self.elapsed())
+
+    def due_warning(self) -> bool:
+        """True on the first fault and then at most every WARN_EVERY_S (one log line, not one per try)."""
+        now = _clock()
+        if self.warned is not None and now - self.warned < WARN_EVERY_S:
+            return False
+        self.warned = now
+        return True
+
+    def pause(self) -> float:
+        """Seconds to wait before the next try: the backoff, never past the budget."""
+        wait = min(self.delay, self.left())
+        self.delay = min(self.delay * 2, RETRY_CAP_S)
+        return wait
+
 
 class S3Backend:
     """An S3 bucket and prefix through boto3; AWS S3, MinIO, Ceph or any S3-compatible server.
 
     Endpoint, region and credentials come from the standard AWS environment variables and config
     files (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, AWS_PROFILE, ...). Transient
-    faults (connection refused, timeouts, 5xx, throttling) are retried with exponential backoff
-    by botocore's standard retry mode; AWS_MAX_ATTEMPTS sets how many tries (default 8).
+    faults (connection refused or reset, timeouts, 5xx, throttling) are retried for a time, not a
+    count: botocore tries each call a few times (AWS_MAX_ATTEMPTS, default 2), and around that
+    each operation backs off (0.5 s doubling to 15 s) until `retry_seconds` have passed since it
+    first failed (SEMDPO_STORE_RETRY_SECONDS, default 300, read when the backend is created), so
+    an endpoint that restarts for minutes does not stop a run. Every operation is idempotent (one
+    PUT, GET, HEAD, DELETE or list page), so a retry never leaves half a change. Other errors
+    (missing key or bucket, access denied) are not retried.
     """
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, retry_seconds: float | None = None):
         import boto3
         from botocore.config import Config
 
@@ -115,8 +198,11 @@ class S3Backend:
         self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
         if not self.bucket:
             raise StoreError(f"store {uri!r}: no bucket; use s3://BUCKET/PREFIX")
-        self.attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", "8"))
-        config = Config(retries={"mode": "standard", "max_attempts": self.attempts}, connect_timeout=5, read_timeout=120)
+        self.retry_seconds = retry_seconds_from_env() if retry_seconds is None else float(retry_seconds)
+        self.attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or DEFAULT_CALL_ATTEMPTS)
+        # total_max_attempts counts the first try, as AWS_MAX_ATTEMPTS does (botocore's max_attempts does not)
+        retries = {"mode": "standard", "total_max_attempts": self.attempts}
+        config = Config(retries=retries, connect_timeout=5, read_timeout=120)
         self.client = boto3.session.Session().client("s3", config=config)
         endpoint = urlsplit(self.client.meta.endpoint_url)
         # never show credentials that a URL might carry
@@ -129,63 +215,118 @@ class S3Backend:
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
-    def _call(self, action: str, key: str, fn, **kwargs):
+    def _call(self, action: str, key: str, op: Callable[[], T]) -> T:
+        """`op()`, retrying transient faults with backoff until `retry_seconds` have passed since
+        its first failure; any other error becomes a StoreError that says what to do."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            return fn(Bucket=self.bucket, **kwargs)
-        except ClientError as e:
+        outage: Outage | None = None
+        while True:
+            try:
+                result = op()
+            except (ClientError, BotoCoreError) as e:
+                fault = self._transient_fault(e)
+                if fault is None:
+                    raise self._refusal(action, key, e) from None
+                outage = outage or Outage(self.retry_seconds)
+                if outage.left() <= 0:
+                    raise self._unavailable(action, key, fault, outage) from None
+                if outage.due_warning():
+                    log.warning("S3 endpoint %s unreachable (%s): retrying the %s of %s for up to %.0f s more",
+                                self.endpoint, fault, action, self.describe(key), outage.left())
+                _sleep(outage.pause())
+                continue
+            if outage is not None:
+                log.info("S3 endpoint %s answers again: the %s of %s succeeded after %.0f s",
+                         self.endpoint, action, self.describe(key), outage.elapsed())
+            return result
+
+    @staticmethod
+    def _transient_fault(e: Exception) -> str | None:
+        """The fault's name when it is worth retrying (the endpoint is down, slow or overloaded), else None."""
+        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError, SSLError
+
+        if isinstance(e, ClientError):
             code = str(e.response.get("Error", {}).get("Code", ""))
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
+            return (code or f"HTTP {status}") if status >= 500 or status == 429 or code in TRANSIENT_CODES else None
+        if isinstance(e, SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return None  # a configuration fault: retrying cannot fix it
+        return type(e).__name__ if isinstance(e, (ConnectionError, HTTPClientError, IncompleteReadError)) else None
+
+    def _refusal(self, action: str, key: str, e: Exception) -> StoreError:
+        """A non-transient error as one sentence naming the key and what to do."""
+        from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError, SSLError
+
+        where = self.describe(key)
+        if isinstance(e, ClientError):
+            code = str(e.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchKey", "NotFound"):
-                raise KeyMissing(f"{self.describe(key)} does not exist") from None
+                return KeyMissing(f"{where} does not exist")
             if code == "NoSuchBucket":
-                raise StoreError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it first") from None
-            if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
-                raise StoreUnavailable(
-                    f"S3 endpoint {self.endpoint}: {action} {self.describe(key)} failed after {self.attempts} "
-                    f"attempts ({code}); finished work is kept, rerun once the store is healthy"
-                ) from None
-            raise StoreError(f"S3 endpoint {self.endpoint}: {action} {self.describe(key)} refused ({code}): {e}") from None
-        except BotoCoreError as e:
-            raise StoreUnavailable(
-                f"S3 endpoint {self.endpoint} unreachable: {action} {self.describe(key)} failed after "
-                f"{self.attempts} attempts ({type(e).__name__}); finished work is kept, rerun once the store is back"
-            ) from None
+                return StoreError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it first")
+            if code in CREDENTIAL_CODES:
+                return StoreError(f"S3 endpoint {self.endpoint} refused the {action} of {where} ({code}); check the "
+                                  "credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE) and the bucket's permissions")
+            return StoreError(f"S3 endpoint {self.endpoint} refused the {action} of {where} ({code}): {e}")
+        if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
+            return StoreError(f"no S3 credentials for the {action} of {where}; set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+        if isinstance(e, SSLError):
+            return StoreError(f"S3 endpoint {self.endpoint}: the {action} of {where} failed TLS verification ({e}); "
+                              "point AWS_CA_BUNDLE at the endpoint's CA certificate")
+        return StoreError(f"S3 endpoint {self.endpoint}: the {action} of {where} failed ({type(e).__name__}: {e})")
+
+    def _unavailable(self, action: str, key: str, fault: str, outage: Outage) -> StoreUnavailable:
+        """The budget is spent: one sentence naming the endpoint, key, how long it retried and what to do."""
+        return StoreUnavailable(
+            f"S3 endpoint {self.endpoint} unreachable ({fault}): the {action} of {self.describe(key)} still failed "
+            f"after {outage.elapsed():.0f} s of retries; finished work is kept in the store; rerun once the "
+            f"endpoint answers, or raise {RETRY_SECONDS_VAR} (now {self.retry_seconds:g})"
+        )
 
     def read_bytes(self, key: str) -> bytes:
-        response = self._call("reading", key, self.client.get_object, Key=self._key(key))
-        return response["Body"].read()
+        # the body is read inside the retried call: a connection cut mid-download is retried too
+        return self._call(
+            "read", key, lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        )
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        self._call("writing", key, self.client.put_object, Key=self._key(key), Body=data)
+        self._call("write", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
+
+    def _head(self, key: str) -> dict | None:
+        """The object's metadata, or None when there is none."""
+        try:
+            return self._call("check", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
+        except KeyMissing:
+            return None
 
     def exists(self, key: str) -> bool:
-        try:
-            self._call("checking", key, self.client.head_object, Key=self._key(key))
-            return True
-        except KeyMissing:
-            return False
+        return self._head(key) is not None
 
     def delete(self, key: str) -> None:
-        self._call("deleting", key, self.client.delete_object, Key=self._key(key))
+        self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
     def list(self, prefix: str) -> list[str]:
-        keys, token = [], None
+        return sorted(self.sizes(prefix))
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """{key: bytes} of every key under `prefix`, from the listing (no object is read)."""
+        sizes: dict[str, int] = {}
+        token = None
         full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
         while True:
-            kwargs = {"Prefix": full, **({"ContinuationToken": token} if token else {})}
-            page = self._call("listing", prefix, self.client.list_objects_v2, **kwargs)
-            strip = len(self.prefix) + 1 if self.prefix else 0
-            keys += [obj["Key"][strip:] for obj in page.get("Contents", [])]
+            kwargs = {"Bucket": self.bucket, "Prefix": full, **({"ContinuationToken": token} if token else {})}
+            page = self._call("list", prefix, lambda: self.client.list_objects_v2(**kwargs))
+            sizes.update({obj["Key"][strip:]: obj["Size"] for obj in page.get("Contents", [])})
             if not page.get("IsTruncated"):
-                return sorted(keys)
+                return sizes
             token = page["NextContinuationToken"]
 
     def matches(self, key: str, sha256: str, md5: str) -> bool:
-        try:
-            head = self._call("checking", key, self.client.head_object, Key=self._key(key))
-        except KeyMissing:
+        head = self._head(key)
+        if head is None:
             return False
         etag = head.get("ETag", "").strip('"')
         if etag and "-" not in etag:  # a single-PUT ETag is the MD5 of the bytes: no download needed

@@ -154,6 +154,11 @@ class TrainConfig(Section):
     epochs: int = Field(2, ge=1)
     max_length: int = Field(96, ge=8)
     checkpoint_every: int = Field(32, ge=0, description="optimizer steps between resumable checkpoints; 0: none")
+    keep_checkpoints: int = Field(2, ge=1, description="newest resumable checkpoints kept per training run; older ones are deleted")
+    report_to: list[Literal["tensorboard"]] = Field(
+        [], description="also log every step to these trackers (tensorboard: event files under logging_dir)"
+    )
+    logging_dir: str | None = Field(None, description="where tracker logs go; default ~/.cache/semdpo/tensorboard")
 
     @field_validator("methods")
     @classmethod
@@ -284,14 +289,14 @@ class PipelineConfig(Section):
         """The store root: the config's, else $SEMDPO_STORE, else a folder in the user's cache."""
         if self.store:
             return self.store
-        return os.environ.get("SEMDPO_STORE") or str(_cache_home() / "semdpo" / "store")
+        return os.environ.get("SEMDPO_STORE") or str(cache_home() / "semdpo" / "store")
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and field."""
 
 
-def _cache_home() -> Path:
+def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
@@ -305,8 +310,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory; name a YAML file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {path}{where} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
     for override in overrides or []:
@@ -343,4 +354,9 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or "not valid YAML"
+        raise ConfigError(f"override {override!r}: the value {raw!r} is not valid YAML ({problem}); "
+                          "quote it, e.g. --set 'train.alpha_grid=[1, 2]'") from None

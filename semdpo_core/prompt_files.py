@@ -62,6 +62,10 @@ def source_bytes(source: str) -> tuple[str, bytes, str]:
         return str(path), path.read_bytes(), fmt
     except FileNotFoundError:
         raise PromptFileError(f"{path}: prompt file does not exist") from None
+    except IsADirectoryError:
+        raise PromptFileError(f"{path}: is a directory, not a prompt file; name the file inside it") from None
+    except PermissionError:
+        raise PromptFileError(f"{path}: no permission to read it") from None
 
 
 def source_digest(source: str) -> str:
@@ -78,15 +82,25 @@ def read_records(source: str, columns: list[str]) -> list[Record]:
     if fmt == "text":
         if len(columns) != 1:
             raise PromptFileError(f"{name}: a plain-text file holds one prompt a line; need columns {columns}")
-        return [Record({columns[0]: line}, f"{name}:{i}") for i, line in enumerate(text.splitlines(), 1)]
+        return [Record({columns[0]: line}, f"{name}:{i}") for i, line in enumerate(lines(text), 1)]
     if fmt == "csv":
         return _read_csv(name, text, columns)
     return _read_jsonl(name, text, columns)
 
 
+def lines(text: str) -> list[str]:
+    """A file's lines, split on \\n (and \\r\\n) only: str.splitlines() also splits on \\x0b, \\x0c,
+    \\x1c-\\x1e, \\x85, U+2028 and U+2029, which would make one prompt two and shift every later line."""
+    parts = text.split("\n")
+    if parts and parts[-1] == "":
+        parts.pop()  # the newline that ends the last line
+    return [part.removesuffix("\r") for part in parts]
+
+
 def _decode(name: str, data: bytes) -> str:
+    """UTF-8 text without a leading byte-order mark (which would become part of the first prompt)."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise PromptFileError(f"{name}:{line}: invalid UTF-8 (byte {e.start}); save the file as UTF-8") from None
@@ -124,7 +138,7 @@ def _read_csv(name: str, text: str, columns: list[str]) -> list[Record]:
 
 def _read_jsonl(name: str, text: str, columns: list[str]) -> list[Record]:
     records = []
-    for line_no, line in enumerate(text.splitlines(), 1):
+    for line_no, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
         try:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 
 import pyarrow as pa
 
-from semdpo_core.config import named_test_sets
+from semdpo_core.config import PipelineConfig, named_test_sets
 from semdpo_core.context import Output, StageContext
 from semdpo_core.models import pretrained
 from semdpo_core.prompt_files import PromptFileError, Record, read_records
@@ -22,12 +23,28 @@ from semdpo_core.schemas import PROMPTS
 log = logging.getLogger("semdpo.prompts")
 
 
+# Terminal escape sequences (colours, cursor moves), then any other control character; a tab or
+# a vertical tab is whitespace and becomes a space like every other run of whitespace.
+ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+SHOWN_LINES = 5  # line numbers quoted in one summary line
+
+
+def strip_controls(text: str) -> str:
+    """The text without terminal escape sequences and control characters (NUL, ESC, DEL, C1)."""
+    return CONTROL.sub("", ESCAPE_SEQUENCE.sub("", text))
+
+
 def clean_prompts(records: list[Record], column: str) -> list[Record]:
-    """Strip whitespace, skip blank prompts and drop exact duplicates (first one kept), logging counts."""
+    """Normalise whitespace, remove control characters, skip blank prompts and drop exact
+    duplicates (first one kept), logging the counts with the file's name."""
     seen: set[str] = set()
-    kept, blank, duplicate = [], 0, 0
+    kept, blank, duplicate, controlled = [], 0, 0, []
     for record in records:
-        text = " ".join(record.fields[column].split())
+        raw = record.fields[column]
+        text = " ".join(strip_controls(raw).split())
+        if text != " ".join(raw.split()):
+            controlled.append(record.source)
         if not text:
             blank += 1
         elif text in seen:
@@ -35,8 +52,20 @@ def clean_prompts(records: list[Record], column: str) -> list[Record]:
         else:
             seen.add(text)
             kept.append(Record({**record.fields, column: text}, record.source))
-    log.info("%d prompts kept, %d blank skipped, %d duplicates dropped", len(kept), blank, duplicate)
+    name = f"{records[0].source.rpartition(':')[0]}: " if records else ""
+    if controlled:
+        log.warning("%s%d prompt(s) held control characters or terminal escapes, removed (first at %s)",
+                    name, len(controlled), controlled[0])
+    log.info("%s%d prompts kept, %d blank skipped, %d duplicates dropped", name, len(kept), blank, duplicate)
     return kept
+
+
+def line_list(sources: list[str]) -> str:
+    """The first few `file:line` places as their line numbers ("lines 3, 17, 20 and 5,492 more")."""
+    numbers = [place.rpartition(":")[2] for place in sources[:SHOWN_LINES]]
+    more = f" and {len(sources) - SHOWN_LINES:,} more" if len(sources) > SHOWN_LINES else ""
+    label = ("line " if len(sources) == 1 else "lines ") if all(n.isdigit() for n in numbers) else ""
+    return f"{label}{', '.join(numbers)}{more}"
 
 
 def prompt_id(text: str) -> str:
@@ -45,17 +74,15 @@ def prompt_id(text: str) -> str:
 
 
 def load_split(source: str, column: str, limit: int | None, too_long: Callable[[str], int | None]) -> list[Record]:
-    """Clean prompts of one source; over-long ones are reported with their line and skipped."""
+    """Clean prompts of one source; over-long ones are skipped, never cut, and reported in one
+    line with their first few line numbers."""
     records = clean_prompts(read_records(source, [column]), column)
-    kept = []
-    for record in records:
-        tokens = too_long(record.fields[column])
-        if tokens is not None:
-            log.warning("%s: prompt of %d tokens exceeds the rewriter's limit; skipped", record.source, tokens)
-        else:
-            kept.append(record)
-    if len(kept) < len(records):
-        log.warning("%s: %d prompt(s) too long for the rewriter were skipped", source, len(records) - len(kept))
+    lengths = [too_long(record.fields[column]) for record in records]
+    kept = [record for record, tokens in zip(records, lengths, strict=True) if tokens is None]
+    skipped = [(record.source, tokens) for record, tokens in zip(records, lengths, strict=True) if tokens is not None]
+    if skipped:
+        log.warning("%s: %d prompt(s) too long for the rewriter were skipped (%s; the longest %d tokens)",
+                    source, len(skipped), line_list([place for place, _ in skipped]), max(t for _, t in skipped))
     return kept[:limit] if limit else kept
 
 
@@ -101,25 +128,54 @@ def prompt_table(
     )
 
 
-def check_sources(train_prompts: str, test_prompts: dict[str, str], sft_pairs: str, column: str) -> None:
-    """Read every input file once, so that bad data stops a run before any stage starts."""
-    read_records(train_prompts, [column])
-    for source in test_prompts.values():
-        read_records(source, [column])
-    read_records(sft_pairs, ["original", "rewrite"])
+def check_inputs(config: PipelineConfig) -> None:
+    """Read every input file once, so that bad data stops a run before any stage starts: a file
+    that cannot be read, or one without a usable prompt (empty, blank lines only, every prompt
+    too long for the rewriter), is refused naming its config field."""
+    d = config.data
+    too_long = token_limit(config.sft.base_model, d.max_prompt_tokens)
+    sources = {"data.train_prompts": d.train_prompts, **{f"data.test_prompts ({name})": source
+                                                          for name, source in d.test_sets().items()}}
+    for field, source in sources.items():
+        _check_usable(field, source, d.prompt_column, too_long, d.max_prompt_tokens)
+    if not read_records(d.sft_pairs, ["original", "rewrite"]):
+        raise PromptFileError(f"{d.sft_pairs} (data.sft_pairs): holds no pairs; the SFT stage needs at least one")
+
+
+def _check_usable(field: str, source: str, column: str, too_long: Callable[[str], int | None], limit: int) -> None:
+    """Refuse a prompt source with nothing the prompts stage could keep, saying why."""
+    records = read_records(source, [column])
+    texts = [" ".join(strip_controls(r.fields[column]).split()) for r in records]
+    texts = [t for t in texts if t]
+    if not records:
+        raise PromptFileError(f"{source} ({field}): holds no prompts (an empty file)")
+    if not texts:
+        raise PromptFileError(f"{source} ({field}): holds only blank lines, no prompt")
+    lengths = [too_long(text) for text in texts]
+    if all(n is not None for n in lengths):
+        raise PromptFileError(
+            f"{source} ({field}): every one of its {len(texts):,} prompts is longer than data.max_prompt_tokens "
+            f"({limit} tokens; the shortest has {min(lengths)}); raise the limit or shorten the prompts"
+        )
+
+
+def token_limit(tokenizer_name: str, max_tokens: int) -> Callable[[str], int | None]:
+    """A prompt's token count when it exceeds `max_tokens` in the rewriter's posed form, else None."""
+    from transformers import AutoTokenizer
+
+    tokenizer = pretrained(AutoTokenizer, tokenizer_name)
+
+    def too_long(text: str) -> int | None:
+        n = prompt_token_count(tokenizer, text)
+        return n if n > max_tokens else None
+
+    return too_long
 
 
 def prompts_stage(ctx: StageContext) -> Output:
     """Read, clean and check the train and test prompt files into the PROMPTS table."""
-    from transformers import AutoTokenizer
-
     d = ctx.settings.data
-    tokenizer = pretrained(AutoTokenizer, ctx.settings.tokenizer)
-
-    def too_long(text: str) -> int | None:
-        n = prompt_token_count(tokenizer, text)
-        return n if n > d.max_prompt_tokens else None
-
+    too_long = token_limit(ctx.settings.tokenizer, d.max_prompt_tokens)
     test_sets = named_test_sets(d.test_prompts)
     validation = ctx.settings.get("validation_prompts", 0)  # declared only when alpha is chosen (train.alpha: auto)
     table = prompt_table(d.train_prompts, test_sets, d.prompt_column, d.max_train_prompts, d.max_test_prompts, too_long,

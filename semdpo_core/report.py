@@ -26,7 +26,7 @@ import pyarrow.compute  # noqa: F401 (pa.compute)
 from semdpo_core.config import ScorerConfig
 from semdpo_core.context import Output, StageContext
 from semdpo_core.methods import parse_run_label
-from semdpo_core.schemas import EVALUATION, REPORT_SCORES
+from semdpo_core.schemas import EVALUATION, REPORT_SCORES, TRAIN_LOG
 from semdpo_core.scorers.base import decode_png
 
 log = logging.getLogger("semdpo.report")
@@ -294,6 +294,41 @@ def _png(fig: Any, **labels: str) -> bytes:
     return buffer.getvalue()
 
 
+CURVES = ("loss", "reward_margin", "accuracy", "mean_weight", "effective_batch", "learning_rate")
+
+
+def smoothed(values: list[float], window: int) -> list[float]:
+    """A trailing moving average over `window` steps (per-step values of a batch of 8 are noisy)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def training_curves_png(logs: dict[str, pa.Table]) -> tuple[bytes, int]:
+    """A panel per training metric, a line per run over its optimizer steps, each smoothed over
+    1/50 of the longest run; returns the PNG and the window."""
+    from matplotlib.figure import Figure
+
+    window = max(1, max(log.num_rows for log in logs.values()) // 50)
+    fig = Figure(figsize=(10.5, 5.6), dpi=110)
+    for index, metric in enumerate(CURVES):
+        ax = fig.add_subplot(2, 3, index + 1)
+        for label, log_table in logs.items():
+            ax.plot([s + 1 for s in log_table.column("step").to_pylist()],
+                    smoothed(log_table.column(metric).to_pylist(), window), label=label, linewidth=1)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=6)
+    fig.supxlabel("optimizer step", fontsize=8)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue(), window
+
+
 def sample_grid(evaluation: pa.Table, count: int, cell: int = 160) -> bytes | None:
     """PNG grid: a row per sample prompt (the first `count` of the first dataset), a column per
     method; the `human` column is the original prompt's image."""
@@ -385,16 +420,25 @@ def build_report(
     }
     x = settings.semantic_metric
     plots: dict[str, bytes] = {}
+    captions: dict[str, str] = {}  # what each plot shows: its caption in report.md and the Prefect UI
     sweep = [m for m in methods if sweep_alpha(m) is not None]
     for dataset in datasets:
         for y in [m for m in settings.preference_metrics if m in metrics]:
             if x in metrics:
-                plots[f"scatter-{dataset}-{x}-vs-{y}.png"] = scatter_png(scores, dataset, x, y, focus)
+                name = f"scatter-{dataset}-{x}-vs-{y}.png"
+                plots[name] = scatter_png(scores, dataset, x, y, focus)
+                captions[name] = (f"{dataset}: mean {x} against mean {y} per method; upper right is better (paper "
+                                  f"Figure 3)" + (f"; the star is {focus}" if focus else ""))
                 if len(sweep) > 1:
-                    plots[f"alpha-sweep-{dataset}-{x}-vs-{y}.png"] = sweep_png(scores, dataset, x, y)
+                    name = f"alpha-sweep-{dataset}-{x}-vs-{y}.png"
+                    plots[name] = sweep_png(scores, dataset, x, y)
+                    captions[name] = f"{dataset}: Sem-DPO's alpha sweep, mean {x} against mean {y}, a point per alpha (paper Figure 5)"
     grid = sample_grid(evaluation, settings.sample_prompts)
     if grid is not None:
         plots["samples.png"] = grid
+        captions["samples.png"] = ("sample images: a row per test prompt, a column per method; `human` is the "
+                                   "original prompt's image, every other column that method's rewrite's image")
+    tables["plots"] = captions
     return scores, tables, plots
 
 
@@ -435,7 +479,7 @@ def markdown(scores: pa.Table, tables: dict[str, Any], links: dict[str, str]) ->
             out.append(f"| {d['method']} | {d['n']} | {d['prompt_drift']:.4f} | {d['image_drift']:.4f} | {d['t2i_error']:.4f} | {d['bound_held']:.1%} |")
     else:
         out.append("Drift was not measured (evaluate.drift_encoder is null).")
-    out += ["", "## Plots", ""] + [f"- [{name}]({url})" for name, url in links.items()]
+    out += ["", "## Plots", ""] + [f"- [{name}]({url}): {tables['plots'].get(name, '')}" for name, url in links.items()]
     return "\n".join(out) + "\n"
 
 
@@ -497,7 +541,15 @@ def report_stage(ctx: StageContext) -> Output:
     scorers = {name: ScorerConfig.model_validate(dict(scorer)) for name, scorer in s.scorers.items()}
     validation = ctx.store.read_table(ctx.inputs["validate"], EVALUATION) if "validate" in ctx.inputs else None
     scores, tables, plots = build_report(rows, s.report, scorers, s.semantic_encoder, validation)
-    links = {name: ctx.store.file_url(ctx.ref, f"plots/{name}") for name in plots}
+    logs = {role.removeprefix("train:"): ctx.store.read_table(ref, TRAIN_LOG)
+            for role, ref in ctx.inputs.items() if role.startswith("train:")}
+    if logs:
+        plots["training-curves.png"], window = training_curves_png(logs)
+        tables["plots"]["training-curves.png"] = (
+            "training curves: loss, reward margin (beta x log-ratio margin), reward accuracy, mean semantic weight, "
+            f"effective batch (sum of the step's pair weights) and learning rate per optimizer step, a line per run, "
+            f"each a moving average over {window} steps")
+    links = {name: f"plots/{name}" for name in plots}  # beside report.md in the dataset's files
     files = {f"plots/{name}": data for name, data in plots.items()}
     files["report.md"] = markdown(scores, tables, links).encode()
     files["report.json"] = json.dumps(tables, indent=2, sort_keys=True).encode()

@@ -5,8 +5,8 @@ its fingerprint does not hash. So a stage never sees the config: the stage table
 (`semdpo_core/stages.py`) declares the settings each stage depends on, the plan hashes exactly
 those into the fingerprint, and the computation gets them as a read-only `Settings` view, in
 which any other name is an error. What changes how a stage runs but never what it writes (the
-device, the store, the runner, `render.compile`, `train.checkpoint_every`) comes apart, as the
-`Runtime`.
+device, the store, the runner, `render.compile`, and how training checkpoints and logs:
+`train.checkpoint_every`, `keep_checkpoints`, `report_to`, `logging_dir`) comes apart, as the `Runtime`.
 """
 
 from __future__ import annotations
@@ -83,3 +83,6 @@ class Runtime:
     store: str = ""  # the store root
     compile_unet: bool = False  # render.compile
     checkpoint_every: int = 0  # train.checkpoint_every
+    keep_checkpoints: int = 2  # train.keep_checkpoints
+    report_to: tuple[str, ...] = ()  # train.report_to
+    logging_dir: str = ""  # train.logging_dir, resolved

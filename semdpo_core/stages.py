@@ -7,7 +7,8 @@ the computation those settings and nothing else (`semdpo_core/settings.py`); the
 stages in this order; `prefect.yaml` has a deployment per stage, checked against this table.
 
 Settings that change how a stage runs but never what it writes are the `Runtime` (`runtime`
-below): the device, the store, `render.compile` and `train.checkpoint_every`; `runner.*` only
+below): the device, the store, `render.compile`, and how training checkpoints and logs
+(`train.checkpoint_every`, `keep_checkpoints`, `report_to`, `logging_dir`); `runner.*` only
 decides where tasks run.
 """
 
@@ -20,7 +21,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from semdpo_core.candidates import candidates_shard
-from semdpo_core.config import PipelineConfig
+from semdpo_core.config import PipelineConfig, cache_home
 from semdpo_core.context import StageContext
 from semdpo_core.evaluate import evaluate_shard, validate_shard
 from semdpo_core.fidelity import fidelity_shard
@@ -84,8 +85,10 @@ class Stage:
 
 def runtime(config: PipelineConfig) -> Runtime:
     """What stages read that no fingerprint hashes: how they run, never what they write."""
+    t = config.train
     return Runtime(device=config.device, store=config.store_root(), compile_unet=config.render.compile,
-                   checkpoint_every=config.train.checkpoint_every)
+                   checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
+                   report_to=tuple(t.report_to), logging_dir=t.logging_dir or str(cache_home() / "semdpo" / "tensorboard"))
 
 
 def runs(config: PipelineConfig) -> list[TrainRun]:
@@ -234,8 +237,11 @@ def validate_outputs(config: PipelineConfig) -> list[Planned]:
 
 
 def report_outputs(config: PipelineConfig) -> list[Planned]:
-    """One dataset from the evaluation, and the validation scores when alpha is chosen."""
+    """One dataset from the evaluation, the validation scores when alpha is chosen, and each
+    evaluated run's training log (its curves)."""
     inputs = {"evaluate": "evaluate", **({"validate": "validate"} if sweep_labels(config) else {})}
+    trained = {run.label for run in runs(config)}
+    inputs.update({f"train:{label}": f"train:{label}" for label in evaluated_labels(config) if label in trained})
     return [Planned("report", report_settings(config), inputs)]
 
 
@@ -291,7 +297,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", ("prompts", "sft", "train"), evaluate_settings, EVALUATION, "gpu", evaluate_shard, per_method,
           outputs=evaluate_outputs,
           summary="rewrite, image, every scorer's score vs the original, drift, semantic_distance"),
-    Stage("report", ("evaluate", "validate"), report_settings, REPORT_SCORES, "cpu", report_stage,
+    Stage("report", ("evaluate", "validate", "train"), report_settings, REPORT_SCORES, "cpu", report_stage,
           outputs=report_outputs, summary="REPORT_SCORES + report.md, report.json, plots"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)

@@ -297,11 +297,59 @@ class ArtifactStore:
         self.backend.write_bytes(f"{base}/_index.json", json.dumps({"step": step, "files": entries}).encode())
         return self.backend.describe(base)
 
+    def checkpoint_steps(self, ref: DatasetRef) -> dict[int, bool]:
+        """Every checkpoint folder of a training run: {step: complete (its index was written)}."""
+        steps: dict[int, bool] = {}
+        for key in self.backend.list(f"{ref.prefix}/_checkpoints/"):
+            folder, _, name = key.removeprefix(f"{ref.prefix}/_checkpoints/").partition("/")
+            if folder.startswith("step-") and folder[5:].isdigit():
+                step = int(folder[5:])
+                steps[step] = steps.get(step, False) or name == "_index.json"
+        return steps
+
+    def delete_checkpoint(self, ref: DatasetRef, step: int) -> None:
+        """Remove one checkpoint: its index first, so that a half-deleted one is never read as complete."""
+        base = f"{ref.prefix}/_checkpoints/step-{step:09d}"
+        self.backend.delete(f"{base}/_index.json")
+        for key in self.backend.list(f"{base}/"):
+            self.backend.delete(key)
+
+    def prune_checkpoints(self, ref: DatasetRef, keep: int) -> list[int]:
+        """Keep the newest `keep` complete checkpoints of a run; older ones and incomplete ones
+        older than the newest complete one (a killed write) are deleted. Returns the steps removed."""
+        steps = self.checkpoint_steps(ref)
+        complete = sorted((s for s, ok in steps.items() if ok), reverse=True)
+        kept = set(complete[:keep])
+        newest = complete[0] if complete else -1
+        removed = sorted(s for s, ok in steps.items() if s not in kept and (ok or s < newest))
+        for step in removed:
+            self.delete_checkpoint(ref, step)
+        return removed
+
+    def temporaries(self, prefix: str) -> dict[str, int]:
+        """The temporary files a killed writer left under `prefix`: {key: bytes}. Local stores
+        only: an S3 object is written in one PUT and leaves none."""
+        if not isinstance(self.backend, LocalBackend):
+            return {}
+        base = self.backend.path(prefix)
+        stale = sorted(p for p in base.rglob(".*.tmp") if p.is_file()) if base.is_dir() else []
+        return {str(p.relative_to(self.backend.root)): p.stat().st_size for p in stale}
+
+    def remove_temporaries(self, prefix: str) -> list[str]:
+        """Delete the temporaries under `prefix`; call it where nothing else writes at the time."""
+        stale = list(self.temporaries(prefix))
+        for key in stale:
+            self.backend.delete(key)
+        return stale
+
     def latest_checkpoint(self, ref: DatasetRef) -> tuple[int, dict[str, bytes]] | None:
         """The newest complete, intact checkpoint of a training run, or None."""
         indexes = [k for k in self.backend.list(f"{ref.prefix}/_checkpoints/") if k.endswith("/_index.json")]
         for key in sorted(indexes, reverse=True):
-            index = json.loads(self.backend.read_bytes(key))
+            try:
+                index = json.loads(self.backend.read_bytes(key))
+            except (KeyMissing, ValueError):  # deleted meanwhile, or damaged: try the next older one
+                continue
             base = key.removesuffix("/_index.json")
             files = {}
             for entry in index["files"]:

@@ -10,12 +10,14 @@ go to the store every `train.checkpoint_every` steps; a rerun resumes from the n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -271,6 +273,35 @@ def preference_data(ctx: StageContext, method: Method) -> tuple[PreferenceData, 
     )
 
 
+TRACKED = ("loss", "reward_margin", "accuracy", "mean_weight", "effective_batch", "beta", "learning_rate")
+
+
+@contextlib.contextmanager
+def step_trackers(ctx: StageContext, label: str, resumed: int) -> Iterator[Callable[[dict[str, float]], None] | None]:
+    """What sees every optimizer step besides the run's log: TensorBoard event files under
+    `train.logging_dir/<config's run>` when `train.report_to` names it (a resumed run first drops
+    the events past its checkpoint, as TRL's trainers do)."""
+    if "tensorboard" not in ctx.runtime.report_to:
+        yield None
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("train.report_to names tensorboard, which is not installed: pip install tensorboard") from None
+    log_dir = Path(ctx.runtime.logging_dir) / f"{label}-{ctx.ref.fingerprint}"
+    writer = SummaryWriter(str(log_dir), purge_step=resumed + 1 if resumed else None)  # steps count from 1
+    log.info("%s: TensorBoard events in %s (tensorboard --logdir %s)", label, log_dir, ctx.runtime.logging_dir)
+
+    def on_step(metrics: dict[str, float]) -> None:
+        for name in TRACKED:
+            writer.add_scalar(f"train/{name}", metrics[name], int(metrics["step"]) + 1)
+
+    try:
+        yield on_step
+    finally:
+        writer.close()
+
+
 def train_stage(ctx: StageContext) -> Output:
     """One training run: the policy from the SFT checkpoint, trained with the run's method; its
     per-step log (TRAIN_LOG) and final checkpoint. Resumes from the newest stored checkpoint."""
@@ -288,13 +319,17 @@ def train_stage(ctx: StageContext) -> Output:
         log.info("%s: found a checkpoint at step %d in the store", label, latest[0])
 
     def save(step: int, files: dict[str, bytes]) -> None:
-        log.info("%s: checkpoint at step %d -> %s", label, step, store.write_checkpoint(ctx.ref, step, files))
+        where = store.write_checkpoint(ctx.ref, step, files)
+        removed = store.prune_checkpoints(ctx.ref, ctx.runtime.keep_checkpoints)
+        log.debug("%s: checkpoint at step %d -> %s (removed steps %s)", label, step, where, removed)
 
     policy, tokenizer = load_rewriter(ctx.checkpoint_dir("sft"), ctx.device)
-    history = train_preference(
-        policy, tokenizer, data, reference, method=method, settings=s, seed=s.seed, label=label,
-        checkpoint_every=ctx.runtime.checkpoint_every, save_checkpoint=save, resume_from=latest[1] if latest else None,
-    )
+    with step_trackers(ctx, label, latest[0] if latest else 0) as on_step:
+        history = train_preference(
+            policy, tokenizer, data, reference, method=method, settings=s, seed=s.seed, label=label,
+            checkpoint_every=ctx.runtime.checkpoint_every, save_checkpoint=save, resume_from=latest[1] if latest else None,
+            on_step=on_step,
+        )
     log_table = pa.Table.from_pylist([{"method": method.name, **h} for h in history], schema=TRAIN_LOG)
     meta = {"method": method.name, "pairs": len(data), "final_loss": history[-1]["loss"],
             "mean_weight": sum(h["mean_weight"] for h in history) / len(history),

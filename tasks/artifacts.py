@@ -1,23 +1,31 @@
-"""What the Prefect UI shows of a run: a table per output, progress of sharded stages, the
-metrics and the report. An artifact is a view: its failure never fails a stage."""
+"""What the Prefect UI shows of a run: a summary that says where to start (`semdpo-run`), the
+metrics as a table, the report with every plot inline, a table per stage output and progress
+of sharded stages. One key per artifact. An artifact is a view: its failure never fails a stage.
+
+Plots are embedded in markdown as data URIs: the UI renders images inside markdown, while a
+link to a file on the worker's disk (file://) is neither rendered nor opened from an http page.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 from typing import Any
 
 from prefect.artifacts import (
-    create_link_artifact, create_markdown_artifact, create_progress_artifact, create_table_artifact,
-    update_progress_artifact,
+    create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
 )
 
 from semdpo_core.evaluate import METRIC_COLUMNS, format_metrics, summarize
+from semdpo_core.report import ordered
 from semdpo_core.schemas import EVALUATION, REPORT_SCORES
 from semdpo_core.store import ArtifactStore, DatasetRef
 
 log = logging.getLogger("semdpo.stages")
+
+DIGITS = 4  # significant digits of a number in a table artifact
 
 
 def artifact_key(name: str) -> str:
@@ -25,62 +33,128 @@ def artifact_key(name: str) -> str:
     return "semdpo-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def stage_key(task_name: str) -> str:
+    """The key of a stage output's table (`semdpo-stage-...`), apart from the report's own keys."""
+    return artifact_key("stage-" + task_name)
+
+
+def rounded(value: Any) -> Any:
+    """A float cut to DIGITS significant digits for display (-0.3149926634505391 -> -0.315); the
+    rest as it is."""
+    return float(f"{value:.{DIGITS}g}") if isinstance(value, float) else value
+
+
+def rounded_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: rounded(v) for k, v in row.items()} for row in rows]
+
+
+def image_markdown(png: bytes, caption: str) -> str:
+    """A PNG inline in markdown, with its caption under it."""
+    return f"![{caption}](data:image/png;base64,{base64.b64encode(png).decode()})\n\n*{caption}*\n"
+
+
 def publish_summary(ref: DatasetRef, manifest: dict[str, Any], key: str) -> None:
-    """A table artifact per stage or training run (stable key) with its rows, parts and fingerprint."""
+    """A table artifact per stage output (stable key) with its rows, parts and fingerprint."""
     row = {"stage": ref.stage, "fingerprint": ref.fingerprint, "rows": manifest["rows"], "parts": len(manifest["parts"])}
-    row.update({k: v for k, v in manifest.get("meta", {}).items() if isinstance(v, (int, float, str))})
+    row.update({k: rounded(v) for k, v in manifest.get("meta", {}).items() if isinstance(v, (int, float, str))})
     try:
         create_table_artifact(key=key, table=[row], description=f"{ref.stage} output {ref}")
     except Exception as e:  # an artifact is a view; its failure must not fail the stage
         log.warning("could not publish the %s artifact: %s", ref.stage, e)
 
 
-def stage_progress(name: str, percent: float) -> Any:
+def progress_text(name: str, done: int, total: int) -> str:
+    return f"{name}: {done} of {total} shards committed"
+
+
+def stage_progress(name: str, done: int, total: int) -> Any:
     """A progress artifact for a sharded stage (shown in the Prefect UI); None outside a run."""
     try:
-        return create_progress_artifact(progress=percent, key=artifact_key(f"{name}-progress"),
-                                        description=f"{name}: shards committed")
+        return create_progress_artifact(progress=100 * done / total, key=artifact_key(f"{name}-progress"),
+                                        description=progress_text(name, done, total))
     except Exception as e:  # a view only: never fail the stage for it
         log.debug("no progress artifact for %s: %s", name, e)
         return None
 
 
-def update_stage_progress(artifact_id: Any, percent: float) -> None:
+def update_stage_progress(artifact_id: Any, name: str, done: int, total: int) -> None:
     if artifact_id is not None:
         try:
-            update_progress_artifact(artifact_id=artifact_id, progress=percent)
+            update_progress_artifact(artifact_id=artifact_id, progress=100 * done / total,
+                                     description=progress_text(name, done, total))
         except Exception as e:
             log.debug("progress artifact not updated: %s", e)
 
 
-def publish_metrics(store: ArtifactStore, evaluation: DatasetRef) -> str:
-    """The evaluation table as a markdown artifact (stable key `semdpo-metrics`); returns the table."""
+def metric_rows(store: ArtifactStore, evaluation: DatasetRef) -> tuple[list[dict[str, str]], str, int]:
+    """The evaluation as rows (a method each, `mean ± std` per metric), as text, and its image count."""
     table = store.read_table(evaluation, EVALUATION, columns=METRIC_COLUMNS)
-    text = format_metrics(summarize(table))
-    create_markdown_artifact(
-        key="semdpo-metrics",
-        markdown=f"# Sem-DPO evaluation\n\nEvery image is scored against the original prompt "
-        f"({table.num_rows} images).\n\n```\n{text}\n```\n",
-        description="mean score per method and metric",
-    )
-    return text
+    metrics = summarize(table)
+    cell = {(r["method"], r["metric"]): f"{r['mean']:.4f} ± {r['std']:.4f}" for r in metrics.to_pylist()}
+    names = ordered(metrics.column("metric").to_pylist())
+    rows = [{"method": m, **{n: cell.get((m, n), "-") for n in names}} for m in ordered(metrics.column("method").to_pylist())]
+    return rows, format_metrics(metrics), table.num_rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(row[k]) for k in header) + " |" for row in rows])
+
+
+def publish_metrics(store: ArtifactStore, evaluation: DatasetRef) -> tuple[str, list[dict[str, str]]]:
+    """The evaluation as a table artifact (`semdpo-metrics`, mean ± std); returns it as text and rows."""
+    rows, text, images = metric_rows(store, evaluation)
+    create_table_artifact(key="semdpo-metrics", table=rows,
+                          description=f"mean ± std per method and metric; every one of {images} images scored "
+                                      "against the original prompt")
+    return text, rows
 
 
 def publish_report(store: ArtifactStore, ref: DatasetRef) -> None:
-    """The report as Prefect artifacts with stable keys: `semdpo-report` (markdown), tables
-    `semdpo-report-scores`, `-tokens`, `-head-to-head`, `-drift`, and a link per plot PNG."""
+    """The report as Prefect artifacts, one key each: `semdpo-report` (markdown, plots inline),
+    tables `semdpo-report-scores`, `-tokens`, `-head-to-head`, `-drift`, and `semdpo-plot-NAME`
+    per plot (the image inline, its caption as description)."""
     tables = json.loads(store.read_file(ref, "report.json"))
-    create_markdown_artifact(key="semdpo-report", markdown=store.read_file(ref, "report.md").decode(),
-                             description="the paper's tables for this run")
+    captions = tables.get("plots", {})
+    text = store.read_file(ref, "report.md").decode()
+    head, _, _ = text.partition("\n## Plots\n")
+    plots = {name: store.read_file(ref, f"plots/{name}") for name in store.manifest(ref)["meta"].get("plots", [])}
+    body = "".join(f"\n### {name}\n\n" + image_markdown(png, captions.get(name, name)) for name, png in plots.items())
+    create_markdown_artifact(key="semdpo-report", markdown=head + "\n## Plots\n" + body,
+                             description="the paper's tables and figures for this run")
     scores = store.read_table(ref, REPORT_SCORES).to_pylist()
-    create_table_artifact(key="semdpo-report-scores", table=scores, description="mean score per dataset x method x metric")
-    create_table_artifact(key="semdpo-report-tokens", table=[{k: v for k, v in t.items() if k != "median_by_dataset"}
-                                                             for t in tables["tokens"]], description="rewrite token length")
+    create_table_artifact(key="semdpo-report-scores", table=rounded_rows(scores),
+                          description="mean score per dataset x method x metric (paper Tables 5-7)")
+    tokens = [{k: v for k, v in t.items() if k != "median_by_dataset"} for t in tables["tokens"]]
+    create_table_artifact(key="semdpo-report-tokens", table=rounded_rows(tokens),
+                          description="rewrite length in tokens (paper Tables 1-2)")
     if tables["head_to_head"]:
-        create_table_artifact(key="semdpo-report-head-to-head", table=tables["head_to_head"], description="win/tie/loss")
+        create_table_artifact(key="semdpo-report-head-to-head", table=rounded_rows(tables["head_to_head"]),
+                              description=f"{tables['focus']} against each method: win / tie / loss (paper Figure 4)")
     if tables["drift"]["methods"]:
-        create_table_artifact(key="semdpo-report-drift", table=tables["drift"]["methods"],
+        create_table_artifact(key="semdpo-report-drift", table=rounded_rows(tables["drift"]["methods"]),
                               description=f"Proposition 2, eps = {tables['drift']['epsilon']:.4f}")
-    for name in store.manifest(ref)["meta"].get("plots", []):
-        create_link_artifact(key=artifact_key("plot-" + name.removesuffix(".png")), link=store.file_url(ref, f"plots/{name}"),
-                             link_text=name)
+    for name, png in plots.items():
+        create_markdown_artifact(key=artifact_key("plot-" + name.removesuffix(".png")),
+                                 markdown=image_markdown(png, captions.get(name, name)), description=captions.get(name, name))
+
+
+def publish_run(config_name: str, store_root: str, record: str, states: dict[str, dict[str, Any]],
+                metrics: list[dict[str, str]] | None, seconds: float) -> None:
+    """The run's summary (`semdpo-run`): where to start, the metrics, what each stage did and
+    where everything is."""
+    lines = [f"# Sem-DPO run: {config_name}", "",
+             f"{len(states)} stage outputs in {seconds:.0f} s; store `{store_root}`; run record `{record}`.", ""]
+    if metrics:
+        lines += ["## Metrics (every image against the original prompt, mean ± std)", "", markdown_table(metrics), ""]
+    lines += ["## Where to look", "",
+              "- `semdpo-report`: the paper's tables and every plot; `semdpo-plot-samples`: images per method",
+              "- `semdpo-report-scores`, `-tokens`, `-head-to-head`, `-drift`: the report's tables",
+              "- `semdpo-metrics`: the table above; `semdpo-stage-*`: each stage output (rows, fingerprint)", "",
+              "## Stages", "", markdown_table([{"output": label, "state": s["state"], "fingerprint": s["fingerprint"]}
+                                                for label, s in states.items()])]
+    try:
+        create_markdown_artifact(key="semdpo-run", markdown="\n".join(lines) + "\n", description="start here")
+    except Exception as e:  # a view only
+        log.warning("could not publish the run summary artifact: %s", e)

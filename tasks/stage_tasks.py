@@ -22,7 +22,7 @@ from semdpo_core.context import open_store
 from semdpo_core.plan import Job
 from semdpo_core.settings import Runtime
 from semdpo_core.store import ArtifactStore, DatasetRef
-from tasks.artifacts import artifact_key, publish_summary, stage_progress, update_stage_progress
+from tasks.artifacts import publish_summary, stage_key, stage_progress, update_stage_progress
 from tasks.runner import run_on_ray
 
 log = logging.getLogger("semdpo.stages")
@@ -48,18 +48,33 @@ def remember_done(runtime: Runtime, ref: DatasetRef, shard: int | None = None) -
         context.result_store.write(ref, key=cache_key(runtime, ref, shard))
 
 
-def check_stage(store: ArtifactStore, ref: DatasetRef) -> bool:
-    """True when `ref` is committed and intact. A damaged dataset is withdrawn so that its
-    damaged shards are recomputed; its intact shards stay and are reused."""
+def check_stage(store: ArtifactStore, ref: DatasetRef) -> str:
+    """"done" when `ref` is committed and intact, "damaged" when it was committed but some of it
+    no longer matches (it is withdrawn: its damaged shards are recomputed, its intact ones
+    reused), else "missing". Temporary files a killed writer left under it are removed
+    (nothing writes there before its tasks start)."""
+    stale = store.remove_temporaries(ref.prefix)
+    if stale:
+        log.info("%s: removed %d temporary file(s) a killed writer left (%s)", ref, len(stale), stale[0])
     if not store.is_committed(ref):
-        return False
+        return "missing"
     bad = store.invalid_entries(ref)
     if not bad:
-        return True
+        return "done"
     log.warning("%s: %d damaged entr%s (%s): withdrawn, will be recomputed",
                 ref, len(bad), "y" if len(bad) == 1 else "ies", ", ".join(bad[:5]))
     store.uncommit(ref, bad)
-    return False
+    return "damaged"
+
+
+def run_state(check: str, reused_shards: int = 0) -> str:
+    """What a run did to an output, for its record: reused, recomputed (it was in the store,
+    damaged), resumed (some shards were there) or computed."""
+    if check == "done":
+        return "reused"
+    if check == "damaged":
+        return "recomputed"
+    return "resumed" if reused_shards else "computed"
 
 
 @task(cache_key_fn=done_cache_key, persist_result=True)
@@ -73,7 +88,7 @@ def compute_output(job: Job, runtime: Runtime, done: bool) -> DatasetRef:
         out = job.stage.compute(job.context(runtime))
         store = open_store(runtime.store)
         store.write_dataset(job.ref, job.stage.schema, out.table, files=out.files, meta=out.meta)
-        publish_summary(job.ref, store.manifest(job.ref), artifact_key(job.task_name))
+        publish_summary(job.ref, store.manifest(job.ref), stage_key(job.task_name))
     remember_done(runtime, job.ref)
     return job.ref
 
@@ -94,20 +109,22 @@ def commit_shards(job: Job, runtime: Runtime, num_shards: int, done: bool) -> Da
     if not done:
         store = open_store(runtime.store)
         store.commit(job.ref, job.stage.schema, num_shards, meta={"shards": num_shards})
-        publish_summary(job.ref, store.manifest(job.ref), artifact_key(job.stage.name))
+        publish_summary(job.ref, store.manifest(job.ref), stage_key(job.stage.name))
     remember_done(runtime, job.ref)
     return job.ref
 
 
-def run_sharded(job: Job, runtime: Runtime, runner: RunnerConfig) -> DatasetRef:
-    """Every shard of `job` not yet done (on Ray, all at once), then the commit; logs how many were reused."""
+def run_sharded(job: Job, runtime: Runtime, runner: RunnerConfig) -> str:
+    """Every shard of `job` not yet done (on Ray, all at once), then the commit; logs how many
+    were reused. Returns the output's run state."""
     store = open_store(runtime.store)
-    committed = check_stage(store, job.ref)
+    check = check_stage(store, job.ref)
+    committed = check == "done"
     num_shards = job.stage.shards(job.context(runtime))
     done = [committed or store.shard_is_done(job.ref, i) for i in range(num_shards)]
     name = job.stage.name
     log.info("%s %s: %d shards, %d reused, %d to compute", name, job.ref, num_shards, sum(done), num_shards - sum(done))
-    progress = stage_progress(name, 100 * sum(done) / num_shards)
+    progress = stage_progress(name, sum(done), num_shards)
     shard_task = compute_shard.with_options(name=name, task_run_name=f"{name}-{{shard}}")
     calls = [dict(job=job, runtime=runtime, shard=i, done=d) for i, d in enumerate(done)]
     for call in calls:
@@ -116,27 +133,34 @@ def run_sharded(job: Job, runtime: Runtime, runner: RunnerConfig) -> DatasetRef:
     todo = [call for call in calls if not call["done"]]
     if runner.kind == "ray" and todo:
         run_on_ray(f"{name}-shards-on-ray", [(shard_task, call) for call in todo], runner)
-        update_stage_progress(progress, 100.0)
+        update_stage_progress(progress, name, num_shards, num_shards)
     else:
         for finished, call in enumerate(todo, start=sum(done) + 1):
             shard_task(**call)
-            update_stage_progress(progress, 100 * finished / num_shards)
+            update_stage_progress(progress, name, finished, num_shards)
+            log.info("%s: shard %d of %d committed", name, finished, num_shards)
     commit_shards.with_options(name=f"{name}-commit")(job, runtime, num_shards=num_shards, done=committed)
     log.info("%s %s: committed; shards reused %d, computed %d", name, job.ref, sum(done), num_shards - sum(done))
-    return job.ref
+    return run_state(check, 0 if committed else sum(done))
 
 
-def run_jobs(jobs: list[Job], runtime: Runtime, runner: RunnerConfig) -> list[DatasetRef]:
+def run_jobs(jobs: list[Job], runtime: Runtime, runner: RunnerConfig) -> dict[str, str]:
     """A stage's outputs: sharded ones shard by shard; unsharded ones one task each. The outputs
     of a stage declared `concurrent` (the training runs) that are not done yet run at once on
-    Ray, one GPU each; otherwise one after another."""
-    refs = [run_sharded(job, runtime, runner) for job in jobs if job.stage.shards is not None]
+    Ray, one GPU each; otherwise one after another. Returns {job label: run state}."""
+    states = {job.label: run_sharded(job, runtime, runner) for job in jobs if job.stage.shards is not None}
     store = open_store(runtime.store)
+    unsharded = [job for job in jobs if job.stage.shards is None]
+    checks = {job.label: check_stage(store, job.ref) for job in unsharded}
     submissions = [(compute_output.with_options(name=job.task_name),
-                    dict(job=job, runtime=runtime, done=check_stage(store, job.ref)))
-                   for job in jobs if job.stage.shards is None]
+                    dict(job=job, runtime=runtime, done=checks[job.label] == "done")) for job in unsharded]
     todo = [(task, arguments) for task, arguments in submissions if not arguments["done"]]
     if runner.kind == "ray" and todo and jobs[0].stage.concurrent:  # a stage's jobs share their stage
-        done = [task(**arguments) for task, arguments in submissions if arguments["done"]]
-        return refs + done + run_on_ray(f"{jobs[0].stage.name}-runs-on-ray", todo, runner)
-    return refs + [task(**arguments) for task, arguments in submissions]
+        for task, arguments in submissions:
+            if arguments["done"]:
+                task(**arguments)
+        run_on_ray(f"{jobs[0].stage.name}-runs-on-ray", todo, runner)
+    else:
+        for task, arguments in submissions:
+            task(**arguments)
+    return states | {label: run_state(check) for label, check in checks.items()}

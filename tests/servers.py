@@ -104,17 +104,38 @@ class Proxy:
                 sink.shutdown(socket.SHUT_WR)
 
 
-def final_task_states(flow_run_filter, api_url: str | None = None, settle_s: float = 60.0) -> list[str]:
+def final_task_states(flow_run_filter, api_url: str | None = None, settle_s: float = 60.0,
+                      auth_string: str | None = None) -> list[str]:
     """Sorted state names of the task runs of the flow runs `flow_run_filter` selects, on the
-    current Prefect API or `api_url`. Prefect 3 records task states through events, after the
-    flow returns: wait (up to `settle_s`) until every one is final."""
+    current Prefect API or `api_url` (with basic auth `auth_string`, a server's "user:password").
+    Prefect 3 records task states through events, after the flow returns: wait (up to `settle_s`)
+    until every one is final."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
+    updates = {**({PREFECT_API_URL: api_url} if api_url else {}), **({PREFECT_API_AUTH_STRING: auth_string} if auth_string else {})}
     deadline = time.monotonic() + settle_s
-    with temporary_settings(updates={PREFECT_API_URL: api_url} if api_url else {}), get_client(sync_client=True) as client:
+    with temporary_settings(updates=updates), get_client(sync_client=True) as client:
         while True:
             runs = client.read_task_runs(flow_run_filter=flow_run_filter)
             if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
                 return sorted(r.state.name if r.state else "None" for r in runs)
             time.sleep(0.5)
+
+
+def flow_run_logs(flow_run_name: str, api_url: str, wait_for: str, settle_s: float = 60.0) -> list[tuple[str, str]]:
+    """(logger name, message) of every log a flow run sent to the API, in order. Logs arrive in
+    batches after the lines are written: wait (up to `settle_s`) until one holds `wait_for`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + settle_s
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])))
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
+            lines = [(log.name, log.message) for log in sorted(logs, key=lambda log: log.timestamp)]
+            if any(wait_for in message for _, message in lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(1)

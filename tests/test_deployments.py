@@ -1,18 +1,22 @@
 """End to end as users run it: a real Prefect API server on 127.0.0.1 (SQLite), `semdpo deploy`,
 a process worker, `prefect deployment run ... --watch`, artifacts, and a second trigger that
-finds every task Cached."""
+finds every task Cached; and the same path on a server with basic auth on (the Docker stack's)."""
 
+import base64
+import contextlib
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.servers import final_task_states, free_port
+from tests.servers import final_task_states, flow_run_logs, free_port
 from tests.small import SMALL
 
 pytestmark = pytest.mark.slow
@@ -25,33 +29,100 @@ def prefect(*args: str, env: dict, timeout: float = 600) -> subprocess.Completed
                           cwd=ROOT, timeout=timeout)
 
 
-@pytest.fixture
-def prefect_api(tmp_path):
-    """A Prefect API server on 127.0.0.1 with its own SQLite database; stopped after the test."""
+AUTH = "semdpo:test-only-secret"  # user:password of the basic-auth server; a test value, never a real one
+
+
+@contextlib.contextmanager
+def prefect_server(tmp_path: Path, server_env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """A Prefect API server on 127.0.0.1 with its own SQLite database, `server_env` added to its
+    environment only; yields the clients' environment and stops the server afterwards."""
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "SEMDPO_STORE": str(tmp_path / "store")}
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              env={**env, **(server_env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1)  # open with auth on too
             break
         except OSError:
             time.sleep(0.5)
     else:
         server.kill()
         pytest.fail("the Prefect server did not come up in 120 s")
-    yield env
-    os.killpg(server.pid, 15)
-    server.wait(timeout=60)
+    try:
+        yield env
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+
+
+@pytest.fixture
+def prefect_api(tmp_path):
+    """A Prefect API server without auth (`prefect server start`'s default); stopped after the test."""
+    with prefect_server(tmp_path) as env:
+        yield env
+
+
+@pytest.fixture
+def prefect_api_with_auth(tmp_path):
+    """A Prefect API server with basic auth on (PREFECT_SERVER_API_AUTH_STRING), as docker/compose.yaml
+    runs it; the clients' environment carries PREFECT_API_AUTH_STRING."""
+    with prefect_server(tmp_path, {"PREFECT_SERVER_API_AUTH_STRING": AUTH}) as env:
+        yield {**env, "PREFECT_API_AUTH_STRING": AUTH}
+
+
+def deploy(env: dict) -> subprocess.CompletedProcess:
+    """`semdpo deploy`: the work pools and every deployment of prefect.yaml."""
+    return subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=600)
+
+
+@contextlib.contextmanager
+def worker(pool: str, env: dict, cwd: Path) -> Iterator[subprocess.Popen]:
+    """A process worker on `pool` for the duration of the block, polling every second (default 10 s)
+    so that a triggered run starts at once."""
+    env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool], env=env, cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=60)
+
+
+def run_deployment(name: str, config: Path, env: dict) -> subprocess.CompletedProcess:
+    """`prefect deployment run NAME --param config_path=CONFIG --watch`: returns when the run is final."""
+    return prefect("deployment", "run", name, "--param", f"config_path={config}", "--watch", env=env)
+
+
+def small_config(tmp_path: Path) -> Path:
+    """tests/small.py's config as a YAML file the worker reads."""
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    return config
+
+
+def http_status(url: str, auth: str | None = None, body: bytes | None = None) -> int:
+    """The HTTP status of a GET (or, with `body`, a JSON POST) to `url`, with basic auth when `auth`."""
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def task_states(flow_run_name: str, env: dict) -> list[str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
-    return final_task_states(FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])), api_url=env["PREFECT_API_URL"])
+    return final_task_states(FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])), api_url=env["PREFECT_API_URL"],
+                             auth_string=env.get("PREFECT_API_AUTH_STRING"))
 
 
 def flow_run_name(output: str) -> str:
@@ -62,13 +133,14 @@ def flow_run_name(output: str) -> str:
 
 
 def test_deploy_trigger_watch_and_rerun_cached(tmp_path, prefect_api):
-    env = prefect_api
-    config = tmp_path / "small.yaml"
-    config.write_text(yaml.safe_dump(SMALL))
+    # as on a user's machine: the worker's environment does not name the library's logger (this
+    # test process's does, since it imported tasks/)
+    env = {k: v for k, v in prefect_api.items() if k != "PREFECT_LOGGING_EXTRA_LOGGERS"}
+    config = small_config(tmp_path)
+    config.write_text(yaml.safe_dump({**SMALL, "train": {**SMALL["train"], "checkpoint_every": 1}}))
 
     for _ in range(2):  # idempotent
-        deployed = subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], capture_output=True, text=True,
-                                  env=env, cwd=ROOT, timeout=600)
+        deployed = deploy(env)
         assert deployed.returncode == 0, deployed.stderr[-3000:]
     assert "semdpo-cpu, semdpo-gpu (all existed)" in deployed.stdout
     listed = prefect("deployment", "ls", env=env).stdout
@@ -77,23 +149,49 @@ def test_deploy_trigger_watch_and_rerun_cached(tmp_path, prefect_api):
     inspected = prefect("deployment", "inspect", "semdpo-pipeline/pipeline", env=env).stdout
     assert "'cron': '0 2 * * *'" in inspected and "'active': False" in inspected  # a fresh deploy starts nothing
 
-    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "semdpo-gpu"], env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        first = prefect("deployment", "run", "semdpo-pipeline/pipeline", "--param", f"config_path={config}", "--watch", env=env)
+    with worker("semdpo-gpu", env, tmp_path):
+        first = run_deployment("semdpo-pipeline/pipeline", config, env)
         assert first.returncode == 0 and "Completed" in first.stdout, (first.stdout + first.stderr)[-3000:]
         artifacts = prefect("artifact", "ls", env=env).stdout
-        for key in ("prompts", "sft", "candidates", "render", "label", "pairs", "weigh", "reference", "metrics",
-                    "train-dpo", "train-sem-dpo", "render-progress", "report", "report-scores", "report-tokens",
-                    "report-head-to-head", "report-drift", "plot-samples"):
+        for key in ("run", "metrics", "render-progress", "report", "report-scores", "report-tokens",
+                    "report-head-to-head", "report-drift", "plot-samples", "plot-training-curves",
+                    *(f"stage-{name}" for name in ("prompts", "sft", "candidates", "render", "label", "pairs", "weigh",
+                                                   "reference", "train-dpo", "train-sem-dpo", "evaluate", "report"))):
             assert f"semdpo-{key}" in artifacts, key
+
+        # the library's own log lines reach the API from a deployment run, without a line per checkpoint
+        assert "PREFECT_LOGGING_EXTRA_LOGGERS" not in env
+        logs = flow_run_logs(flow_run_name(first.stdout), env["PREFECT_API_URL"], wait_for="final loss")
+        library = [message for name, message in logs if name.startswith("semdpo.")]
+        assert any("shards, 0 reused" in m for m in library) and any("dpo: " in m and "final loss" in m for m in library)
+        assert not any("checkpoint at step" in m for m in library)
         first_states = task_states(flow_run_name(first.stdout), env)
         assert first_states and "Cached" not in first_states
 
-        second = prefect("deployment", "run", "semdpo-pipeline/pipeline", "--param", f"config_path={config}", "--watch", env=env)
+        second = run_deployment("semdpo-pipeline/pipeline", config, env)
         assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
         states = task_states(flow_run_name(second.stdout), env)
         assert len(states) == len(first_states) and set(states) == {"Cached"}
-    finally:
-        os.killpg(worker.pid, 15)
-        worker.wait(timeout=60)
+
+
+def test_basic_auth_refuses_anonymous_requests_and_runs_a_deployment(tmp_path, prefect_api_with_auth):
+    """The Docker stack's server: basic auth on. Requests without the right credentials get 401 (only
+    the health probe stays open); with PREFECT_API_AUTH_STRING, deploy, a worker and a run work."""
+    env = prefect_api_with_auth
+    api = env["PREFECT_API_URL"]
+    assert http_status(f"{api}/health") == 200  # compose's healthcheck needs no credentials
+    for auth in (None, "semdpo:wrong"):
+        assert http_status(f"{api}/flows/filter", auth, body=b"{}") == 401
+    assert http_status(f"{api}/flows/filter", AUTH, body=b"{}") == 200
+    anonymous = {k: v for k, v in env.items() if k != "PREFECT_API_AUTH_STRING"}
+    refused = deploy(anonymous)  # a client without PREFECT_API_AUTH_STRING
+    assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr[-3000:]
+
+    deployed = deploy(env)
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    assert "semdpo-cpu, semdpo-gpu (created" in deployed.stdout
+    with worker("semdpo-cpu", env, tmp_path):
+        run = run_deployment("semdpo-pipeline/prompts", small_config(tmp_path), env)  # the smallest deployment
+        assert run.returncode == 0 and "Completed" in run.stdout, (run.stdout + run.stderr)[-3000:]
+    states = task_states(flow_run_name(run.stdout), env)
+    assert states and set(states) == {"Completed"}

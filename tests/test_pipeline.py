@@ -10,7 +10,7 @@ import yaml
 
 from semdpo_core.config import load_config
 from semdpo_core.plan import plan_pipeline
-from semdpo_core.schemas import EVALUATION, PAIRS
+from semdpo_core.schemas import EVALUATION, PAIRS, TRAIN_LOG
 from semdpo_core.store import ArtifactStore
 from tests.servers import final_task_states
 from tests.small import SMALL
@@ -93,7 +93,8 @@ def test_several_datasets_and_an_alpha_sweep_in_one_report(tmp_path, prefect_ser
     config = small_config(
         tmp_path, "multi", data={**SMALL["data"], "test_prompts": {"coco": str(tmp_path / "coco.txt"),
                                                                    "lexica": str(tmp_path / "lexica.csv")}},
-        train={**SMALL["train"], "methods": ["sem_dpo"], "alpha": [0.0, 4.0]},
+        train={**SMALL["train"], "methods": ["sem_dpo"], "alpha": [0.0, 4.0], "report_to": ["tensorboard"],
+               "logging_dir": str(tmp_path / "tensorboard")},
     )
     pipeline(config_path=str(config))
     cfg = load_config(config)
@@ -109,6 +110,18 @@ def test_several_datasets_and_an_alpha_sweep_in_one_report(tmp_path, prefect_ser
             assert f"plots/scatter-{dataset}-clip_score-vs-{y}.png" in files
             assert f"plots/alpha-sweep-{dataset}-clip_score-vs-{y}.png" in files
     assert "Head to head: sem_dpo@alpha=0" in store.read_file(plan.ref("report"), "report.md").decode()
+    assert "plots/training-curves.png" in files
+
+    # train.report_to: every optimizer step of every run in TensorBoard, as in the run's own log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for label in ("sem_dpo@alpha=0", "sem_dpo@alpha=4"):
+        ref = plan.train[label]
+        events = EventAccumulator(str(tmp_path / "tensorboard" / f"{label}-{ref.fingerprint}")).Reload()
+        logged = store.read_table(ref, TRAIN_LOG).column("loss").to_pylist()
+        scalars = events.Scalars("train/loss")
+        assert [e.step for e in scalars] == list(range(1, len(logged) + 1))
+        assert [e.value for e in scalars] == pytest.approx(logged, rel=1e-6)  # float32 in the event file
 
 
 def test_bad_prompt_file_stops_the_run_before_any_stage(tmp_path):

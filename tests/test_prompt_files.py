@@ -88,7 +88,7 @@ def test_blank_lines_skipped_and_duplicates_dropped_with_counts(tmp_path, caplog
         kept = clean_prompts(read_records(str(path), ["prompt"]), "prompt")
     assert [r.fields["prompt"] for r in kept] == ["a red fox", "an owl"]
     assert [r.source for r in kept] == [f"{path}:1", f"{path}:4"]
-    assert "2 prompts kept, 2 blank skipped, 2 duplicates dropped" in caplog.text
+    assert f"{path}: 2 prompts kept, 2 blank skipped, 2 duplicates dropped" in caplog.text
 
 
 def test_too_long_prompts_are_reported_with_their_line_not_cut(tmp_path, caplog):
@@ -97,7 +97,7 @@ def test_too_long_prompts_are_reported_with_their_line_not_cut(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="semdpo"):
         kept = load_split(str(path), "prompt", None, lambda t: len(t.split()) if len(t.split()) > 10 else None)
     assert [r.fields["prompt"] for r in kept] == ["short one", "short two"]
-    assert f"{path}:2: prompt of 41 tokens exceeds" in caplog.text
+    assert f"{path}: 1 prompt(s) too long for the rewriter were skipped (line 2; the longest 41 tokens)" in caplog.text
 
 
 def test_prompt_table_keeps_test_prompts_out_of_training(tmp_path):
@@ -118,3 +118,85 @@ def test_an_empty_test_set_is_named(tmp_path):
     tests = {"coco": str(tmp_path / "coco.txt"), "lexica": str(tmp_path / "empty.txt")}
     with pytest.raises(PromptFileError, match=r"none in test set\(s\) lexica \(.*empty.txt\)"):
         prompt_table(str(tmp_path / "train.txt"), tests, "prompt", None, None, never_too_long)
+
+
+def test_lines_split_on_newlines_only_whatever_else_a_prompt_holds(tmp_path):
+    inner = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+    path = tmp_path / "p.txt"
+    path.write_text("".join(f"a red{c}fox {i}\r\n" for i, c in enumerate(inner)), newline="")
+    records = read_records(str(path), ["prompt"])
+    assert len(records) == len(inner) and records[-1].source == f"{path}:{len(inner)}"
+    kept = clean_prompts(records, "prompt")
+    assert [r.fields["prompt"] for r in kept] == [f"a red fox {i}" for i in range(len(inner))]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "one\u2028prompt"}\n{"prompt": "two"}\n', encoding="utf-8")
+    assert [r.fields["prompt"] for r in read_records(str(jsonl), ["prompt"])] == ["one\u2028prompt", "two"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "p.txt").write_text(bom + "a red fox\n", encoding="utf-8")
+    (tmp_path / "p.csv").write_text(bom + "prompt\na red fox\n", encoding="utf-8")
+    (tmp_path / "p.jsonl").write_text(bom + '{"prompt": "a red fox"}\n', encoding="utf-8")
+    for name in ("p.txt", "p.csv", "p.jsonl"):
+        assert [r.fields["prompt"] for r in read_records(str(tmp_path / name), ["prompt"])] == ["a red fox"], name
+
+
+def test_control_characters_and_terminal_escapes_are_removed_and_counted(tmp_path, caplog):
+    path = tmp_path / "p.txt"
+    path.write_text("clean prompt\na red\x00 fox\n\x1b[31ma red owl\x1b[0m\nbell\x07 tower\n")
+    with caplog.at_level(logging.WARNING, logger="semdpo"):
+        kept = clean_prompts(read_records(str(path), ["prompt"]), "prompt")
+    assert [r.fields["prompt"] for r in kept] == ["clean prompt", "a red fox", "a red owl", "bell tower"]
+    assert f"{path}: 3 prompt(s) held control characters or terminal escapes, removed (first at {path}:2)" in caplog.text
+
+
+def test_many_over_long_prompts_make_one_line_with_the_first_line_numbers(tmp_path, caplog):
+    path = tmp_path / "p.txt"
+    path.write_text("".join(f"long {i} " + "word " * 20 + "\n" for i in range(12)) + "short\n")
+    with caplog.at_level(logging.WARNING, logger="semdpo"):
+        kept = load_split(str(path), "prompt", None, lambda t: len(t.split()) if len(t.split()) > 10 else None)
+    assert [r.fields["prompt"] for r in kept] == ["short"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].getMessage() == (f"{path}: 12 prompt(s) too long for the rewriter were skipped "
+                                        "(lines 1, 2, 3, 4, 5 and 7 more; the longest 22 tokens)")
+
+
+@pytest.mark.parametrize("content, why", [("", "holds no prompts"), ("\n  \n\t\n", "holds only blank lines"),
+                                           ("word " * 60 + "\n" + "other " * 70 + "\n", "every one of its 2 prompts is longer")])
+def test_a_file_without_a_usable_prompt_is_refused_before_any_stage(tmp_path, content, why):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    path = tmp_path / "train.txt"
+    path.write_text(content)
+    result = CliRunner().invoke(app, ["run", "--set", f"data.train_prompts={path}"])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {path} (data.train_prompts): {why}"), result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+USER_ERRORS = [
+    (["--set", "train.alpha=[1,2"], "is not valid YAML"),
+    (["--set", "data.train_prompts={tmp}/dir.txt"], "is a directory, not a prompt file"),
+    (["--set", "store=s3://"], "no bucket"),
+    (["{tmp}"], "is a directory; name a YAML file"),
+    (["{tmp}/missing.yaml"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("command, problem, message",
+                         [([c], p, m) for c in ("status", "run", "gc") for p, m in USER_ERRORS]
+                         + [(["check"], p, m) for p, m in USER_ERRORS if "data." not in p[-1] and "store" not in p[-1]])
+def test_every_command_ends_a_user_error_in_one_line(tmp_path, command, problem, message):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    (tmp_path / "dir.txt").mkdir()
+    result = CliRunner().invoke(app, command + [p.format(tmp=tmp_path) for p in problem])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, result.output

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from semdpo_core.backends import StoreUnavailable
 from semdpo_core.config import load_config
 from semdpo_core.plan import plan_pipeline
 from semdpo_core.store import ArtifactStore
+from tests.small import SMALL as SMALLEST
 from tests.small import TINY_YAML, tiny_profile
 
 pytestmark = pytest.mark.slow
@@ -95,6 +97,43 @@ def test_runs_killed_mid_render_and_mid_training_resume_where_they_stopped(tmp_p
     assert part_digests(config) == part_digests(reference)
 
 
+# `semdpo run` with os.replace wrapped so that the process group dies by SIGKILL in the middle of
+# writing the checkpoint of step 5 (its first file written to a temporary, not yet renamed).
+KILLED_IN_CHECKPOINT_WRITE = """
+import os, runpy, signal, sys
+replace = os.replace
+def dying_replace(src, dst, *args, **kwargs):
+    if "_checkpoints/step-000000005/" in str(dst):
+        os.killpg(0, signal.SIGKILL)
+    return replace(src, dst, *args, **kwargs)
+os.replace = dying_replace
+sys.argv = ["semdpo", "run", sys.argv[1]]
+runpy.run_module("flows.cli", run_name="__main__")
+"""
+
+
+def test_checkpoints_are_bounded_and_a_killed_checkpoint_write_leaves_nothing_behind(tmp_path):
+    path = tmp_path / "bounded.yaml"
+    config = {**SMALL, "store": str(tmp_path / "store")}
+    config["train"] = {**SMALL["train"], "checkpoint_every": 1, "keep_checkpoints": 2, "methods": ["dpo"]}
+    path.write_text(yaml.safe_dump(config))
+    run = plan_pipeline(load_config(path)).train["dpo"]
+    checkpoints = tmp_path / "store" / run.prefix / "_checkpoints"
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_CHECKPOINT_WRITE, str(path)], capture_output=True,
+                            text=True, timeout=600, start_new_session=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    complete = sorted(p.name for p in checkpoints.iterdir() if (p / "_index.json").exists())
+    assert complete == ["step-000000003", "step-000000004"]  # steps 1 and 2 were pruned as 3 and 4 came
+    assert list(checkpoints.rglob(".*.tmp")), "the kill should leave the half-written checkpoint's temporary"
+
+    result = run_cli(path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dpo: resuming from the checkpoint at step 4 of" in result.stdout + result.stderr
+    assert not list((tmp_path / "store").rglob("*.tmp")), "temporaries of the killed writer remain"
+    assert len([p for p in checkpoints.iterdir() if (p / "_index.json").exists()]) <= 2
+    assert not re.search(r"checkpoint at step \d+ ->", result.stdout + result.stderr)  # no log line per checkpoint
+
+
 def test_render_shard_log_counts_reused_and_computed(tmp_path):
     config = write_config(tmp_path, "counted", str(tmp_path / "counted"))
     plan = plan_pipeline(load_config(config))
@@ -118,10 +157,17 @@ def test_damaged_part_is_recomputed_not_read(tmp_path, prefect_server):
     data = bytearray(part.read_bytes())
     data[100] ^= 0xFF
     part.write_bytes(bytes(data))
+    shard_record = tmp_path / "damaged" / render.prefix / "_shards/part-00001.parquet.json"
+    shard_record.write_bytes(shard_record.read_bytes()[:7])  # truncated: its shard reruns
+    label_manifest = tmp_path / "damaged" / plan_pipeline(cfg).ref("label").prefix / "_manifest.json"
+    label_manifest.write_bytes(label_manifest.read_bytes()[:40])  # truncated: the stage is recommitted
     pipeline(config_path=str(config))
     assert part_digests(config) == before
     record = json.loads((tmp_path / "damaged" / render.prefix / "_shards/part-00003.parquet.json").read_text())
     assert record["sha256"] == before["render"][3]
+    newest = max((tmp_path / "damaged" / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime_ns)
+    states = {label: stage["state"] for label, stage in json.loads(newest.read_text())["stages"].items()}
+    assert states["render"] == states["label"] == "recomputed" and states["prompts"] == "reused"
 
 
 def test_tiny_profile_pipeline_on_s3(s3_bucket, prefect_server):
@@ -136,31 +182,73 @@ def test_tiny_profile_pipeline_on_s3(s3_bucket, prefect_server):
     assert store.num_parts(plan_pipeline(config).ref("render")) == 3
 
 
+class StoreCut(threading.Thread):
+    """Stops the S3 proxy once the render stage's first shard is in the store, and starts it again
+    `restart_after` seconds later (never, when None); watches the bucket past the proxy."""
+
+    def __init__(self, proxy, s3_bucket: str, render, restart_after: float | None = None) -> None:
+        super().__init__(daemon=True)
+        self.proxy, self.render, self.restart_after = proxy, render, restart_after
+        self.bucket, self.prefix = s3_bucket.removeprefix("s3://").split("/", 1)
+        self.direct = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"].replace(str(proxy.port), str(proxy.target_port)))
+        self.stopped, self.restarted, self.cancelled = threading.Event(), threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        key = f"{self.prefix}/{self.render.prefix}/_shards/"
+        while not self.direct.list_objects_v2(Bucket=self.bucket, Prefix=key).get("KeyCount"):
+            if self.cancelled.wait(0.02):
+                return
+        self.proxy.stop()
+        self.stopped.set()
+        if self.restart_after is not None:
+            time.sleep(self.restart_after)
+            self.proxy.start()
+            self.restarted.set()
+
+    def finish(self) -> None:
+        """Wait for a cut that happened to play out; stop watching if none did."""
+        self.cancelled.set()
+        self.join(timeout=120)
+
+
+def test_s3_endpoint_down_for_20_s_mid_run_does_not_fail_the_run(tmp_path, s3_server, s3_bucket, prefect_server):
+    """The store restarting for 20 s during render: the run waits it out (the default retry budget) and completes."""
+    from flows.pipeline import pipeline
+
+    config = tmp_path / "restart.yaml"
+    config.write_text(yaml.safe_dump({**SMALLEST, "store": s3_bucket}))
+    cfg = load_config(config)
+    cut = StoreCut(s3_server, s3_bucket, plan_pipeline(cfg).ref("render"), restart_after=20)
+    cut.start()
+    try:
+        table = pipeline(config_path=str(config))
+        met_the_outage = cut.restarted.is_set()  # the store was cut and back before the run could end
+    finally:
+        cut.finish()
+    assert met_the_outage, "the run ended without meeting the outage"
+    assert "sem_dpo" in table
+    store = ArtifactStore(s3_bucket)
+    assert all(store.is_committed(ref) and not store.invalid_entries(ref) for _, ref in plan_pipeline(cfg).outputs())
+
+
 def test_s3_outage_mid_run_fails_clearly_and_the_rerun_completes(tmp_path, s3_server, s3_bucket, prefect_server, monkeypatch):
     from flows.pipeline import pipeline
 
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("SEMDPO_STORE_RETRY_SECONDS", "2")  # an outage longer than the budget
     config = write_config(tmp_path, "s3", s3_bucket)
     cfg = load_config(config)
     render = plan_pipeline(cfg).ref("render")
-    bucket, prefix = s3_bucket.removeprefix("s3://").split("/", 1)
-    direct = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"].replace(str(s3_server.port), str(s3_server.target_port)))
-
-    def cut_when_render_starts():
-        key = f"{prefix}/{render.prefix}/_shards/"
-        while not direct.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount"):
-            time.sleep(0.02)
-        s3_server.stop()
-
-    watcher = threading.Thread(target=cut_when_render_starts, daemon=True)
-    watcher.start()
+    cut = StoreCut(s3_server, s3_bucket, render)
+    cut.start()
     try:
         with pytest.raises(StoreUnavailable) as failure:
             pipeline(config_path=str(config))
     finally:
-        watcher.join(timeout=60)
-        s3_server.start()
+        cut.finish()
+        if cut.stopped.is_set():
+            s3_server.start()
     assert s3_server.url in str(failure.value) and s3_bucket in str(failure.value)
+    assert "after 2 s of retries" in str(failure.value)
 
     store = ArtifactStore(s3_bucket)
     kept = [k for k in store.backend.list(f"{render.prefix}/_shards/")]

@@ -2,11 +2,15 @@
 shards, manifests as commit points, refusal of damaged bytes."""
 
 import json
+import logging
+import threading
+import time
+import uuid
 
 import pyarrow as pa
 import pytest
 
-from semdpo_core.backends import StoreUnavailable
+from semdpo_core.backends import S3Backend, StoreError, StoreUnavailable
 from semdpo_core.schemas import PAIRS, SchemaError
 from semdpo_core.store import ArtifactStore, CorruptArtifact, DatasetMissing, DatasetRef, fingerprint
 
@@ -139,17 +143,177 @@ def test_checkpoints_newest_intact_one_wins(store):
     assert store.latest_checkpoint(ref) == (4, {"model.safetensors": b"four"})
 
 
-def test_s3_outage_names_endpoint_and_key_and_loses_nothing(s3_server, s3_bucket, monkeypatch):
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+def stored_rows(store, ref=REF):
+    return store.read_table(ref, PAIRS).to_pylist()
+
+
+def test_s3_endpoint_down_for_20_s_mid_operation_fails_nothing(s3_server, s3_bucket, caplog):
+    """A store restarting for 20 s (MinIO after an upgrade) does not stop a write or a read that
+    meet it: both wait it out within the default budget and the data is intact."""
+    store = ArtifactStore(s3_bucket)
+    store.write_dataset(REF, PAIRS, [pairs_table(2), pairs_table(2, 2)])
+    written = DatasetRef("pairs", "f01")
+    outcome: dict[str, object] = {}
+
+    def write() -> None:
+        try:
+            store.write_dataset(written, PAIRS, [pairs_table(3), pairs_table(2, 3)])
+            outcome["written"] = True
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            outcome["written"] = e
+
+    caplog.set_level(logging.INFO, logger="semdpo.store")
+    s3_server.stop()
+    restart = threading.Timer(20, s3_server.start)
+    restart.start()
+    started = time.monotonic()
+    writer = threading.Thread(target=write)
+    try:
+        writer.start()
+        read = stored_rows(store)
+        writer.join(timeout=120)
+    finally:
+        restart.join()
+    waited = time.monotonic() - started
+    assert outcome.get("written") is True, outcome
+    assert waited >= 19, "the outage should have been met"
+    assert read == pairs_table(2).to_pylist() + pairs_table(2, 2).to_pylist()
+    assert stored_rows(store, written) == pairs_table(3).to_pylist() + pairs_table(2, 3).to_pylist()
+    assert store.invalid_entries(written) == [] and store.invalid_entries(REF) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and all(s3_server.url in w and "unreachable" in w and "s more" in w for w in warnings)
+    assert len(warnings) <= 4, "one warning per waiting operation, then one every 30 s at most"
+    assert any("answers again" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+
+
+def test_s3_outage_past_the_budget_names_endpoint_key_and_seconds_and_loses_nothing(s3_server, s3_bucket, monkeypatch):
+    monkeypatch.setenv("SEMDPO_STORE_RETRY_SECONDS", "2")
     store = ArtifactStore(s3_bucket)
     store.write_dataset(REF, PAIRS, pairs_table())
     s3_server.stop()
+    started = time.monotonic()
     try:
         with pytest.raises(StoreUnavailable) as failure:
             store.write_part(DatasetRef("pairs", "f01"), 0, pairs_table(), PAIRS)
     finally:
         s3_server.start()
+    assert 2 <= time.monotonic() - started < 10, "the budget is a time: 2 s of retries, then the error"
     message = str(failure.value)
     assert s3_server.url in message and f"{s3_bucket}/pairs/f01/part-00000.parquet" in message
+    assert "after 2 s of retries" in message and "SEMDPO_STORE_RETRY_SECONDS" in message and "rerun" in message
+    assert "\n" not in message
     assert "testing" not in message  # no credential in the message
     assert store.read_table(REF, PAIRS).num_rows == 3
+
+
+def test_s3_errors_that_retrying_cannot_fix_fail_at_once(s3_server):
+    store = ArtifactStore(f"s3://semdpo-missing-{uuid.uuid4().hex[:8]}/artifacts")  # the default 300 s budget
+    assert store.backend.retry_seconds == 300
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="does not exist at .*; create it first") as failure:
+        store.write_part(REF, 0, pairs_table(), PAIRS)
+    assert not isinstance(failure.value, StoreUnavailable)
+    assert time.monotonic() - started < 5, "a missing bucket is not retried"
+
+
+def test_s3_retry_budget_and_attempts_come_from_the_environment_or_the_constructor(s3_bucket, monkeypatch):
+    monkeypatch.setenv("SEMDPO_STORE_RETRY_SECONDS", "45")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "5")
+    backend = S3Backend(s3_bucket)
+    assert backend.retry_seconds == 45 and backend.client.meta.config.retries["total_max_attempts"] == 5
+    assert S3Backend(s3_bucket, retry_seconds=7).retry_seconds == 7
+    monkeypatch.setenv("SEMDPO_STORE_RETRY_SECONDS", "five minutes")
+    with pytest.raises(StoreError, match="SEMDPO_STORE_RETRY_SECONDS='five minutes' is not a number of seconds"):
+        S3Backend(s3_bucket)
+
+
+class FakeClock:
+    """The retries' clock and wait: waiting moves the clock on at once (no real sleep)."""
+
+    def __init__(self) -> None:
+        self.now, self.pauses = 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+def client_error(code: str, status: int):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+
+def offline_backend(monkeypatch, retry_seconds: float) -> tuple[S3Backend, FakeClock]:
+    """An S3Backend whose calls never reach a server (each test passes the operation), on a fake clock."""
+    from semdpo_core import backends
+
+    clock = FakeClock()
+    monkeypatch.setattr(backends, "_clock", clock)
+    monkeypatch.setattr(backends, "_sleep", clock.sleep)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    return S3Backend("s3://semdpo-offline/artifacts", retry_seconds=retry_seconds), clock
+
+
+def failing(*errors: Exception):
+    """An operation that raises `errors` one per call, then returns "done"; counts its calls."""
+    calls = []
+
+    def op() -> str:
+        calls.append(1)
+        if len(calls) <= len(errors):
+            raise errors[len(calls) - 1]
+        return "done"
+
+    return op, calls
+
+
+@pytest.mark.parametrize("code, status, transient", [
+    ("SlowDown", 503, True), ("InternalError", 500, True), ("RequestTimeout", 400, True), ("", 502, True),
+    ("TooManyRequestsException", 429, True), ("AccessDenied", 403, False), ("NoSuchBucket", 404, False),
+    ("InvalidArgument", 400, False),
+])
+def test_s3_faults_retried_are_the_transient_ones(code, status, transient):
+    assert (S3Backend._transient_fault(client_error(code, status)) is not None) == transient
+
+
+def test_s3_connection_faults_are_retried_and_missing_credentials_are_not():
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
+
+    assert S3Backend._transient_fault(EndpointConnectionError(endpoint_url="http://x")) == "EndpointConnectionError"
+    assert S3Backend._transient_fault(ConnectionClosedError(endpoint_url="http://x")) == "ConnectionClosedError"
+    assert S3Backend._transient_fault(ReadTimeoutError(endpoint_url="http://x")) == "ReadTimeoutError"
+    assert S3Backend._transient_fault(NoCredentialsError()) is None
+
+
+def test_s3_backoff_doubles_to_15_s_and_stops_at_the_budget_with_few_warnings(monkeypatch, caplog):
+    from botocore.exceptions import EndpointConnectionError
+
+    backend, clock = offline_backend(monkeypatch, retry_seconds=60)
+    op, calls = failing(*[EndpointConnectionError(endpoint_url="http://x")] * 100)
+    caplog.set_level(logging.INFO, logger="semdpo.store")
+    with pytest.raises(StoreUnavailable, match=r"write of s3://semdpo-offline/artifacts/k still failed after 60 s"):
+        backend._call("write", "k", op)
+    assert clock.pauses == [0.5, 1, 2, 4, 8, 15, 15, 14.5] and len(calls) == 9
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "for up to 60 s more" in warnings[0]  # at the first fault, then after 30 s
+
+
+def test_s3_recovery_within_the_budget_returns_the_result_and_says_so(monkeypatch, caplog):
+    backend, clock = offline_backend(monkeypatch, retry_seconds=300)
+    op, calls = failing(client_error("SlowDown", 503), client_error("ServiceUnavailable", 503))
+    caplog.set_level(logging.INFO, logger="semdpo.store")
+    assert backend._call("read", "k", op) == "done"
+    assert clock.pauses == [0.5, 1] and len(calls) == 3
+    assert any("answers again: the read of s3://semdpo-offline/artifacts/k" in r.getMessage() for r in caplog.records)
+
+
+def test_s3_access_denied_is_not_retried_and_says_what_to_check(monkeypatch):
+    backend, clock = offline_backend(monkeypatch, retry_seconds=300)
+    op, calls = failing(client_error("AccessDenied", 403))
+    with pytest.raises(StoreError, match=r"refused the write of s3://semdpo-offline/artifacts/k \(AccessDenied\); check the credentials") as failure:
+        backend._call("write", "k", op)
+    assert not isinstance(failure.value, StoreUnavailable) and len(calls) == 1 and clock.pauses == []
