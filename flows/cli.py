@@ -149,6 +149,9 @@ def gc(
     from semdpo_core.store import ArtifactStore
     from semdpo_core.store_gc import find_garbage, human, remove
 
+    if delete and not configs:
+        raise UserError("semdpo gc --delete needs every config that uses the store named (semdpo gc a.yaml b.yaml "
+                        "--delete): with none, every output but the offline default's would go")
     loaded = [load_config(c, set_) for c in (configs or [None])]
     roots = sorted({c.store_root() for c in loaded})
     if len(roots) > 1:

@@ -38,7 +38,9 @@ def check_upstream(store: ArtifactStore, plan: Plan, stage: str) -> None:
         )
 
 
-def run_stages(config: PipelineConfig, plan: Plan, until: str | None = None) -> tuple[str | None, list | None, dict[str, str]]:
+def run_stages(
+    config: PipelineConfig, plan: Plan, until: str | None = None
+) -> tuple[str | None, list[dict[str, str]] | None, dict[str, str]]:
     """Each stage of the table in order, through `until` (default: all), passing only store
     references between them. Returns the metrics (as text and rows) once the evaluation has run
     (else None) and what the run did to each output (reused, computed, resumed, recomputed)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,31 @@ def digests(data: bytes) -> dict[str, str]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data, usedforsecurity=False).hexdigest()}
 
 
+HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())
+TEMPORARY_OWNER = f"{HOST}-{os.getpid()}"
+TEMPORARY_NAME = re.compile(r"\.([A-Za-z0-9_]+)-(\d+)\.[^.]+\.tmp$")
+TEMPORARY_MAX_AGE_S = 3600.0  # a temporary this old is stale whoever wrote it (another host, an older name)
+
+
+def temporary_is_stale(path: Path) -> bool:
+    """True for a writer's temporary file that no live writer will rename: its process on this
+    host has died, or nothing has touched it for TEMPORARY_MAX_AGE_S."""
+    match = TEMPORARY_NAME.search(path.name)
+    if match and match.group(1) == HOST:
+        try:
+            os.kill(int(match.group(2)), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's process
+        else:
+            return False
+    try:
+        return time.time() - path.stat().st_mtime > TEMPORARY_MAX_AGE_S
+    except FileNotFoundError:
+        return False
+
+
 class LocalBackend:
     """A directory on this machine (the default: no server needed)."""
 
@@ -63,7 +90,8 @@ class LocalBackend:
     def write_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # the writer's host and pid in the name: a later run removes it only once that writer is gone
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{TEMPORARY_OWNER}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -111,6 +139,7 @@ class LocalBackend:
 # RETRY_FIRST_S doubling to RETRY_CAP_S until the budget has passed since the call first failed.
 RETRY_SECONDS_VAR = "SEMDPO_STORE_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 300.0
+FIRST_CONTACT_SECONDS = 30.0  # the budget until the endpoint has answered once: a mistyped one fails fast
 RETRY_FIRST_S, RETRY_CAP_S = 0.5, 15.0
 WARN_EVERY_S = 30.0
 DEFAULT_CALL_ATTEMPTS = 2  # botocore's own tries per call (AWS_MAX_ATTEMPTS overrides)
@@ -199,7 +228,11 @@ class S3Backend:
         if not self.bucket:
             raise StoreError(f"store {uri!r}: no bucket; use s3://BUCKET/PREFIX")
         self.retry_seconds = retry_seconds_from_env() if retry_seconds is None else float(retry_seconds)
-        self.attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or DEFAULT_CALL_ATTEMPTS)
+        self.answered = False  # until a call succeeds, faults get FIRST_CONTACT_SECONDS at most
+        raw_attempts = os.environ.get("AWS_MAX_ATTEMPTS") or str(DEFAULT_CALL_ATTEMPTS)
+        if not raw_attempts.strip().isdigit() or int(raw_attempts) < 1:
+            raise StoreError(f"AWS_MAX_ATTEMPTS={raw_attempts!r} is not a count of tries; set it to e.g. 2, or unset it")
+        self.attempts = int(raw_attempts)
         # total_max_attempts counts the first try, as AWS_MAX_ATTEMPTS does (botocore's max_attempts does not)
         retries = {"mode": "standard", "total_max_attempts": self.attempts}
         config = Config(retries=retries, connect_timeout=5, read_timeout=120)
@@ -228,7 +261,7 @@ class S3Backend:
                 fault = self._transient_fault(e)
                 if fault is None:
                     raise self._refusal(action, key, e) from None
-                outage = outage or Outage(self.retry_seconds)
+                outage = outage or Outage(self.retry_seconds if self.answered else min(self.retry_seconds, FIRST_CONTACT_SECONDS))
                 if outage.left() <= 0:
                     raise self._unavailable(action, key, fault, outage) from None
                 if outage.due_warning():
@@ -236,6 +269,7 @@ class S3Backend:
                                 self.endpoint, fault, action, self.describe(key), outage.left())
                 _sleep(outage.pause())
                 continue
+            self.answered = True
             if outage is not None:
                 log.info("S3 endpoint %s answers again: the %s of %s succeeded after %.0f s",
                          self.endpoint, action, self.describe(key), outage.elapsed())
@@ -279,6 +313,12 @@ class S3Backend:
 
     def _unavailable(self, action: str, key: str, fault: str, outage: Outage) -> StoreUnavailable:
         """The budget is spent: one sentence naming the endpoint, key, how long it retried and what to do."""
+        if not self.answered:
+            return StoreUnavailable(
+                f"S3 endpoint {self.endpoint} does not answer ({fault}): the {action} of {self.describe(key)} failed "
+                f"for {outage.elapsed():.0f} s and the endpoint has not answered once since this process started; "
+                "check AWS_ENDPOINT_URL (and that the server runs); nothing was written"
+            )
         return StoreUnavailable(
             f"S3 endpoint {self.endpoint} unreachable ({fault}): the {action} of {self.describe(key)} still failed "
             f"after {outage.elapsed():.0f} s of retries; finished work is kept in the store; rerun once the "

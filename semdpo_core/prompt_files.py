@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -88,13 +89,16 @@ def read_records(source: str, columns: list[str]) -> list[Record]:
     return _read_jsonl(name, text, columns)
 
 
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def lines(text: str) -> list[str]:
-    """A file's lines, split on \\n (and \\r\\n) only: str.splitlines() also splits on \\x0b, \\x0c,
+    """A file's lines, split on \\n, \\r\\n or \\r only: str.splitlines() also splits on \\x0b, \\x0c,
     \\x1c-\\x1e, \\x85, U+2028 and U+2029, which would make one prompt two and shift every later line."""
-    parts = text.split("\n")
+    parts = LINE_BREAK.split(text)
     if parts and parts[-1] == "":
-        parts.pop()  # the newline that ends the last line
-    return [part.removesuffix("\r") for part in parts]
+        parts.pop()  # the line break that ends the last line
+    return parts
 
 
 def _decode(name: str, data: bytes) -> str:

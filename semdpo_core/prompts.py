@@ -25,7 +25,7 @@ log = logging.getLogger("semdpo.prompts")
 
 # Terminal escape sequences (colours, cursor moves), then any other control character; a tab or
 # a vertical tab is whitespace and becomes a space like every other run of whitespace.
-ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+ESCAPE_SEQUENCE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
 SHOWN_LINES = 5  # line numbers quoted in one summary line
 
@@ -151,11 +151,11 @@ def _check_usable(field: str, source: str, column: str, too_long: Callable[[str]
         raise PromptFileError(f"{source} ({field}): holds no prompts (an empty file)")
     if not texts:
         raise PromptFileError(f"{source} ({field}): holds only blank lines, no prompt")
-    lengths = [too_long(text) for text in texts]
-    if all(n is not None for n in lengths):
+    if all(too_long(text) is not None for text in texts):  # stops at the first prompt that fits
+        shortest = min(too_long(text) or 0 for text in texts)
         raise PromptFileError(
             f"{source} ({field}): every one of its {len(texts):,} prompts is longer than data.max_prompt_tokens "
-            f"({limit} tokens; the shortest has {min(lengths)}); raise the limit or shorten the prompts"
+            f"({limit} tokens; the shortest has {shortest}); raise the limit or shorten the prompts"
         )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from semdpo_core.backends import Backend, KeyMissing, LocalBackend, digests, open_backend
+from semdpo_core.backends import Backend, KeyMissing, LocalBackend, digests, open_backend, temporary_is_stale
 from semdpo_core.schemas import SCHEMA_VERSION, conform, select_fields
 
 log = logging.getLogger("semdpo.store")
@@ -327,16 +327,16 @@ class ArtifactStore:
         return removed
 
     def temporaries(self, prefix: str) -> dict[str, int]:
-        """The temporary files a killed writer left under `prefix`: {key: bytes}. Local stores
-        only: an S3 object is written in one PUT and leaves none."""
+        """The temporary files a killed writer left under `prefix`: {key: bytes}; a live writer's
+        are not listed. Local stores only: an S3 object is written in one PUT and leaves none."""
         if not isinstance(self.backend, LocalBackend):
             return {}
         base = self.backend.path(prefix)
-        stale = sorted(p for p in base.rglob(".*.tmp") if p.is_file()) if base.is_dir() else []
-        return {str(p.relative_to(self.backend.root)): p.stat().st_size for p in stale}
+        found = sorted(p for p in base.rglob(".*.tmp") if p.is_file()) if base.is_dir() else []
+        return {str(p.relative_to(self.backend.root)): p.stat().st_size for p in found if temporary_is_stale(p)}
 
     def remove_temporaries(self, prefix: str) -> list[str]:
-        """Delete the temporaries under `prefix`; call it where nothing else writes at the time."""
+        """Delete the temporaries of writers that are gone under `prefix`."""
         stale = list(self.temporaries(prefix))
         for key in stale:
             self.backend.delete(key)

@@ -44,7 +44,7 @@ def find_garbage(store: ArtifactStore, configs: list[PipelineConfig]) -> list[Ga
     garbage = [_garbage(ref.prefix, "no config references it", keys) for ref, keys in outputs.items() if ref not in keep]
     for ref in sorted(keep & outputs.keys(), key=str):
         checkpoints = {k: v for k, v in outputs[ref].items() if k.startswith(f"{ref.prefix}/_checkpoints/")}
-        if checkpoints and store.is_committed(ref):
+        if checkpoints and store.is_committed(ref) and not store.invalid_entries(ref):  # intact: no retrain follows
             garbage.append(_garbage(f"{ref.prefix}/_checkpoints", "checkpoints of a finished training run", checkpoints))
     temporaries = store.temporaries("")
     if temporaries:
@@ -53,6 +53,7 @@ def find_garbage(store: ArtifactStore, configs: list[PipelineConfig]) -> list[Ga
 
 
 def _garbage(prefix: str, reason: str, keys: dict[str, int]) -> Garbage:
+    """One Garbage entry over `keys` ({key: bytes})."""
     return Garbage(prefix, reason, sum(keys.values()), tuple(sorted(keys)))
 
 
@@ -62,10 +63,12 @@ def remove(store: ArtifactStore, garbage: list[Garbage]) -> int:
     for item in garbage:
         for key in sorted(item.keys, key=lambda k: (not k.endswith("_manifest.json"), k)):
             store.backend.delete(key)
-    if isinstance(store.backend, LocalBackend):  # folders left empty (S3 has none)
-        for folder in sorted((p for p in store.backend.root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            if not any(folder.iterdir()):
+    if isinstance(store.backend, LocalBackend):  # the folders it emptied (S3 has none)
+        folders = {store.backend.path(key).parent for item in garbage for key in item.keys}
+        for folder in sorted(folders, key=lambda p: -len(p.parts)):
+            while folder != store.backend.root and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+                folder = folder.parent
     return sum(item.bytes for item in garbage)
 
 

@@ -289,7 +289,7 @@ def step_trackers(ctx: StageContext, label: str, resumed: int) -> Iterator[Calla
     except ImportError:
         raise ImportError("train.report_to names tensorboard, which is not installed: pip install tensorboard") from None
     log_dir = Path(ctx.runtime.logging_dir) / f"{label}-{ctx.ref.fingerprint}"
-    writer = SummaryWriter(str(log_dir), purge_step=resumed + 1 if resumed else None)  # steps count from 1
+    writer = SummaryWriter(str(log_dir), purge_step=resumed + 1)  # steps count from 1; from scratch: drop all
     log.info("%s: TensorBoard events in %s (tensorboard --logdir %s)", label, log_dir, ctx.runtime.logging_dir)
 
     def on_step(metrics: dict[str, float]) -> None:

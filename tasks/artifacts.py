@@ -26,6 +26,7 @@ from semdpo_core.store import ArtifactStore, DatasetRef
 log = logging.getLogger("semdpo.stages")
 
 DIGITS = 4  # significant digits of a number in a table artifact
+MAX_EMBEDDED_BYTES = 3_000_000  # a larger PNG is named, not embedded (requests past a proxy's limit fail)
 
 
 def artifact_key(name: str) -> str:
@@ -45,11 +46,14 @@ def rounded(value: Any) -> Any:
 
 
 def rounded_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every float of every row `rounded`."""
     return [{k: rounded(v) for k, v in row.items()} for row in rows]
 
 
-def image_markdown(png: bytes, caption: str) -> str:
-    """A PNG inline in markdown, with its caption under it."""
+def image_markdown(png: bytes, caption: str, where: str) -> str:
+    """A PNG inline in markdown, with its caption under it (too large a PNG: where it is)."""
+    if len(png) > MAX_EMBEDDED_BYTES:
+        return f"*{caption}* ({len(png) / 1e6:.1f} MB, not embedded: `{where}`)\n"
     return f"![{caption}](data:image/png;base64,{base64.b64encode(png).decode()})\n\n*{caption}*\n"
 
 
@@ -64,6 +68,7 @@ def publish_summary(ref: DatasetRef, manifest: dict[str, Any], key: str) -> None
 
 
 def progress_text(name: str, done: int, total: int) -> str:
+    """A sharded stage's progress in words: which shard of how many."""
     return f"{name}: {done} of {total} shards committed"
 
 
@@ -97,6 +102,7 @@ def metric_rows(store: ArtifactStore, evaluation: DatasetRef) -> tuple[list[dict
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows (dicts with the same keys) as a markdown table."""
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(row[k]) for k in header) + " |" for row in rows])
@@ -105,24 +111,36 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def publish_metrics(store: ArtifactStore, evaluation: DatasetRef) -> tuple[str, list[dict[str, str]]]:
     """The evaluation as a table artifact (`semdpo-metrics`, mean ± std); returns it as text and rows."""
     rows, text, images = metric_rows(store, evaluation)
-    create_table_artifact(key="semdpo-metrics", table=rows,
-                          description=f"mean ± std per method and metric; every one of {images} images scored "
-                                      "against the original prompt")
+    try:
+        create_table_artifact(key="semdpo-metrics", table=rows,
+                              description=f"mean ± std per method and metric; every one of {images} images scored "
+                                          "against the original prompt")
+    except Exception as e:  # a view only: the run's result stands
+        log.warning("could not publish the metrics artifact: %s", e)
     return text, rows
 
 
 def publish_report(store: ArtifactStore, ref: DatasetRef) -> None:
-    """The report as Prefect artifacts, one key each: `semdpo-report` (markdown, plots inline),
-    tables `semdpo-report-scores`, `-tokens`, `-head-to-head`, `-drift`, and `semdpo-plot-NAME`
-    per plot (the image inline, its caption as description)."""
+    """The report as Prefect artifacts (a failure is logged, never fails the run)."""
+    try:
+        publish_report_artifacts(store, ref)
+    except Exception as e:  # a view only: the report is in the store whatever happens here
+        log.warning("could not publish the report artifacts: %s", e)
+
+
+def publish_report_artifacts(store: ArtifactStore, ref: DatasetRef) -> None:
+    """One key each: `semdpo-report` (markdown), tables `semdpo-report-scores`, `-tokens`,
+    `-head-to-head`, `-drift`, and `semdpo-plot-NAME` per plot (the image inline, its caption as
+    description; the report names them, so that no image is sent twice)."""
     tables = json.loads(store.read_file(ref, "report.json"))
     captions = tables.get("plots", {})
     text = store.read_file(ref, "report.md").decode()
     head, _, _ = text.partition("\n## Plots\n")
     plots = {name: store.read_file(ref, f"plots/{name}") for name in store.manifest(ref)["meta"].get("plots", [])}
-    body = "".join(f"\n### {name}\n\n" + image_markdown(png, captions.get(name, name)) for name, png in plots.items())
-    create_markdown_artifact(key="semdpo-report", markdown=head + "\n## Plots\n" + body,
-                             description="the paper's tables and figures for this run")
+    keys = {name: artifact_key("plot-" + name.removesuffix(".png")) for name in plots}
+    listing = "".join(f"- `{keys[name]}`: {captions.get(name, name)}\n" for name in plots)
+    create_markdown_artifact(key="semdpo-report", markdown=head + "\n## Plots (each its own artifact)\n\n" + listing,
+                             description="the paper's tables for this run; its figures are the semdpo-plot-* artifacts")
     scores = store.read_table(ref, REPORT_SCORES).to_pylist()
     create_table_artifact(key="semdpo-report-scores", table=rounded_rows(scores),
                           description="mean score per dataset x method x metric (paper Tables 5-7)")
@@ -136,25 +154,36 @@ def publish_report(store: ArtifactStore, ref: DatasetRef) -> None:
         create_table_artifact(key="semdpo-report-drift", table=rounded_rows(tables["drift"]["methods"]),
                               description=f"Proposition 2, eps = {tables['drift']['epsilon']:.4f}")
     for name, png in plots.items():
-        create_markdown_artifact(key=artifact_key("plot-" + name.removesuffix(".png")),
-                                 markdown=image_markdown(png, captions.get(name, name)), description=captions.get(name, name))
+        caption = captions.get(name, name)
+        create_markdown_artifact(key=keys[name], markdown=image_markdown(png, caption, store.file_url(ref, f"plots/{name}")),
+                                 description=caption)
 
 
 def publish_run(config_name: str, store_root: str, record: str, states: dict[str, dict[str, Any]],
                 metrics: list[dict[str, str]] | None, seconds: float) -> None:
     """The run's summary (`semdpo-run`): where to start, the metrics, what each stage did and
-    where everything is."""
+    where everything is. A view only: a failure is logged."""
+    try:
+        markdown = run_markdown(config_name, store_root, record, states, metrics, seconds)
+        create_markdown_artifact(key="semdpo-run", markdown=markdown, description="start here")
+    except Exception as e:
+        log.warning("could not publish the run summary artifact: %s", e)
+
+
+def run_markdown(config_name: str, store_root: str, record: str, states: dict[str, dict[str, Any]],
+                 metrics: list[dict[str, str]] | None, seconds: float) -> str:
+    """The run summary's markdown."""
     lines = [f"# Sem-DPO run: {config_name}", "",
              f"{len(states)} stage outputs in {seconds:.0f} s; store `{store_root}`; run record `{record}`.", ""]
     if metrics:
         lines += ["## Metrics (every image against the original prompt, mean ± std)", "", markdown_table(metrics), ""]
     lines += ["## Where to look", "",
-              "- `semdpo-report`: the paper's tables and every plot; `semdpo-plot-samples`: images per method",
+              "- `semdpo-report`: the paper's tables; `semdpo-plot-*`: its figures (`semdpo-plot-samples`: images per "
+              "method, `semdpo-plot-training-curves`: loss, margin, accuracy, weight per step)",
               "- `semdpo-report-scores`, `-tokens`, `-head-to-head`, `-drift`: the report's tables",
               "- `semdpo-metrics`: the table above; `semdpo-stage-*`: each stage output (rows, fingerprint)", "",
-              "## Stages", "", markdown_table([{"output": label, "state": s["state"], "fingerprint": s["fingerprint"]}
-                                                for label, s in states.items()])]
-    try:
-        create_markdown_artifact(key="semdpo-run", markdown="\n".join(lines) + "\n", description="start here")
-    except Exception as e:  # a view only
-        log.warning("could not publish the run summary artifact: %s", e)
+              "## Stages", ""]
+    if states:
+        lines.append(markdown_table([{"output": label, "state": s["state"], "fingerprint": s["fingerprint"]}
+                                     for label, s in states.items()]))
+    return "\n".join(lines) + "\n"

@@ -51,8 +51,7 @@ def remember_done(runtime: Runtime, ref: DatasetRef, shard: int | None = None) -
 def check_stage(store: ArtifactStore, ref: DatasetRef) -> str:
     """"done" when `ref` is committed and intact, "damaged" when it was committed but some of it
     no longer matches (it is withdrawn: its damaged shards are recomputed, its intact ones
-    reused), else "missing". Temporary files a killed writer left under it are removed
-    (nothing writes there before its tasks start)."""
+    reused), else "missing". Temporary files that a writer now gone left under it are removed."""
     stale = store.remove_temporaries(ref.prefix)
     if stale:
         log.info("%s: removed %d temporary file(s) a killed writer left (%s)", ref, len(stale), stale[0])
@@ -67,14 +66,14 @@ def check_stage(store: ArtifactStore, ref: DatasetRef) -> str:
     return "damaged"
 
 
-def run_state(check: str, reused_shards: int = 0) -> str:
+def run_state(check: str, reused_work: int | bool = 0) -> str:
     """What a run did to an output, for its record: reused, recomputed (it was in the store,
-    damaged), resumed (some shards were there) or computed."""
+    damaged), resumed (some shards or a training checkpoint were there) or computed."""
     if check == "done":
         return "reused"
     if check == "damaged":
         return "recomputed"
-    return "resumed" if reused_shards else "computed"
+    return "resumed" if reused_work else "computed"
 
 
 @task(cache_key_fn=done_cache_key, persist_result=True)
@@ -163,4 +162,5 @@ def run_jobs(jobs: list[Job], runtime: Runtime, runner: RunnerConfig) -> dict[st
     else:
         for task, arguments in submissions:
             task(**arguments)
-    return states | {label: run_state(check) for label, check in checks.items()}
+    resumed = {job.label: any(store.checkpoint_steps(job.ref).values()) for job in unsharded if checks[job.label] != "done"}
+    return states | {label: run_state(check, resumed.get(label, False)) for label, check in checks.items()}

@@ -132,6 +132,8 @@ def test_checkpoints_are_bounded_and_a_killed_checkpoint_write_leaves_nothing_be
     assert not list((tmp_path / "store").rglob("*.tmp")), "temporaries of the killed writer remain"
     assert len([p for p in checkpoints.iterdir() if (p / "_index.json").exists()]) <= 2
     assert not re.search(r"checkpoint at step \d+ ->", result.stdout + result.stderr)  # no log line per checkpoint
+    newest = max((tmp_path / "store" / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert json.loads(newest.read_text())["stages"]["train:dpo"]["state"] == "resumed"
 
 
 def test_render_shard_log_counts_reused_and_computed(tmp_path):

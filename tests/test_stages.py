@@ -77,7 +77,8 @@ def test_render_computation_sees_no_config(tmp_path, monkeypatch):
 def test_runtime_settings_change_no_fingerprint():
     base = plan_pipeline(load_config(None)).outputs()
     for override in ("device=cpu", "store=/elsewhere", "runner.kind=ray", "runner.gpus_per_shard=2",
-                     "render.compile=true", "train.checkpoint_every=1", "train.keep_checkpoints=5"):
+                     "render.compile=true", "train.checkpoint_every=1", "train.keep_checkpoints=5",
+                     "train.report_to=[tensorboard]", "train.logging_dir=/elsewhere/tb"):
         assert plan_pipeline(load_config(None, [override])).outputs() == base, override
 
 

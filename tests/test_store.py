@@ -255,7 +255,9 @@ def offline_backend(monkeypatch, retry_seconds: float) -> tuple[S3Backend, FakeC
     monkeypatch.setattr(backends, "_clock", clock)
     monkeypatch.setattr(backends, "_sleep", clock.sleep)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    return S3Backend("s3://semdpo-offline/artifacts", retry_seconds=retry_seconds), clock
+    backend = S3Backend("s3://semdpo-offline/artifacts", retry_seconds=retry_seconds)
+    backend.answered = True  # an endpoint that has answered before: the whole budget applies
+    return backend, clock
 
 
 def failing(*errors: Exception):
@@ -317,3 +319,38 @@ def test_s3_access_denied_is_not_retried_and_says_what_to_check(monkeypatch):
     with pytest.raises(StoreError, match=r"refused the write of s3://semdpo-offline/artifacts/k \(AccessDenied\); check the credentials") as failure:
         backend._call("write", "k", op)
     assert not isinstance(failure.value, StoreUnavailable) and len(calls) == 1 and clock.pauses == []
+
+
+def test_an_endpoint_that_never_answered_fails_within_the_first_contact_budget(monkeypatch):
+    from botocore.exceptions import EndpointConnectionError
+
+    from semdpo_core.backends import FIRST_CONTACT_SECONDS
+
+    backend, clock = offline_backend(monkeypatch, retry_seconds=300)
+    backend.answered = False  # a mistyped AWS_ENDPOINT_URL: nothing ever answered
+    op, _ = failing(*[EndpointConnectionError(endpoint_url="http://x")] * 100)
+    with pytest.raises(StoreUnavailable, match="has not answered once since this process started; check AWS_ENDPOINT_URL"):
+        backend._call("read", "k", op)
+    assert clock.now == FIRST_CONTACT_SECONDS < 300
+
+
+def test_only_the_temporaries_of_writers_that_are_gone_are_stale(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from semdpo_core.backends import HOST, TEMPORARY_MAX_AGE_S
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = tmp_path / "stage" / "fp"
+    folder.mkdir(parents=True)
+    live = folder / f".part-00000.parquet.{HOST}-{os.getpid()}.abcd1234.tmp"  # this process: writing
+    gone = folder / f".part-00001.parquet.{HOST}-{dead.stdout.strip()}.abcd1234.tmp"  # its writer has exited
+    elsewhere = folder / ".part-00002.parquet.otherhost-12.abcd1234.tmp"  # another machine's, recent
+    old = folder / ".part-00003.parquet.otherhost-13.abcd1234.tmp"  # another machine's, an hour untouched
+    for path in (live, gone, elsewhere, old):
+        path.write_bytes(b"x")
+    os.utime(old, (0, os.path.getmtime(old) - TEMPORARY_MAX_AGE_S - 1))
+    store = ArtifactStore(str(tmp_path))
+    assert sorted(store.temporaries("stage")) == sorted(str(p.relative_to(tmp_path)) for p in (gone, old))
+    assert store.remove_temporaries("stage") and live.exists() and elsewhere.exists() and not gone.exists()

@@ -1,19 +1,25 @@
 """`semdpo gc`: what no config needs is listed, and removed only when asked; nothing else goes."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pyarrow as pa
 from typer.testing import CliRunner
 
 from flows.cli import app
+from semdpo_core.backends import HOST
 from semdpo_core.config import load_config
 from semdpo_core.plan import plan_pipeline
 from semdpo_core.store import ArtifactStore, DatasetRef
 
+WORLD = Path(__file__).resolve().parents[1] / "configs" / "world.yaml"
 SCHEMA = pa.schema([("x", pa.int64())])
 
 
 def test_gc_lists_then_removes_only_what_no_config_needs(tmp_path):
-    overrides = ["--set", f"store={tmp_path}"]
-    plan = plan_pipeline(load_config(None, [f"store={tmp_path}"]))
+    overrides = [str(WORLD), "--set", f"store={tmp_path}"]
+    plan = plan_pipeline(load_config(WORLD, [f"store={tmp_path}"]))
     store = ArtifactStore(str(tmp_path))
     table = pa.table({"x": [1, 2]}, schema=SCHEMA)
     kept, old = plan.ref("prompts"), DatasetRef("prompts", "0123456789abcdef")
@@ -22,7 +28,8 @@ def test_gc_lists_then_removes_only_what_no_config_needs(tmp_path):
         store.write_dataset(ref, SCHEMA, table, files={"model.bin": b"w" * 1000})
     for ref in (finished, running):  # a finished run's checkpoints can go; a running one's must stay
         store.write_checkpoint(ref, 4, {"model.safetensors": b"c" * 5000})
-    stray = tmp_path / kept.prefix / ".part-00000.parquet.abc.tmp"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stray = tmp_path / kept.prefix / f".part-00000.parquet.{HOST}-{dead.stdout.strip()}.abcd1234.tmp"  # a killed writer's
     stray.write_bytes(b"t" * 10)
 
     listed = CliRunner().invoke(app, ["gc", *overrides])
@@ -41,3 +48,8 @@ def test_gc_lists_then_removes_only_what_no_config_needs(tmp_path):
     assert store.read_file(finished, "model.bin") == b"w" * 1000
     again = CliRunner().invoke(app, ["gc", *overrides])
     assert "nothing to collect" in again.output, again.output
+
+
+def test_gc_delete_needs_the_configs_named(tmp_path):
+    result = CliRunner().invoke(app, ["gc", "--delete"])
+    assert result.exit_code == 2 and "needs every config that uses the store named" in result.output
