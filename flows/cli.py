@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -21,11 +22,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """The errors a user's config, input files, models or store cause (each message says what to do)."""
     from semdpo_core.backends import StoreError
     from semdpo_core.config import ConfigError
+    from semdpo_core.export import RunNotTrained
     from semdpo_core.models import ModelNotFound
     from semdpo_core.prompt_files import PromptFileError
     from semdpo_core.store import CorruptArtifact, DatasetMissing
 
-    return UserError, ConfigError, PromptFileError, ModelNotFound, StoreError, CorruptArtifact, DatasetMissing
+    return UserError, ConfigError, PromptFileError, ModelNotFound, StoreError, CorruptArtifact, DatasetMissing, RunNotTrained
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -169,6 +171,81 @@ def gc(
     else:
         typer.echo(f"store {roots[0]}: {total} collectable; an output that another config of this store needs "
                    "is listed too unless that config is named; rerun with --delete to remove it")
+
+
+@app.command()
+@one_line_errors
+def rewrite(
+    prompts: Annotated[Optional[list[str]], typer.Argument(help="prompts to rewrite (none: one a line from --file or stdin)")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
+    method: Annotated[str, typer.Option(help="whose rewriter: sft or a training run's label (sem_dpo, dpo, ...)")] = "sem_dpo",
+    file: Annotated[Optional[Path], typer.Option(help="a prompt file (any format `data.train_prompts` takes)")] = None,
+    render: Annotated[Optional[Path], typer.Option(help="also draw each rewrite with the config's renderer into this folder")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Print METHOD's greedy rewrite of each prompt, one a line, as the evaluation poses and decodes it."""
+    import sys
+
+    from semdpo_core.config import load_config
+    from semdpo_core.export import render_rewrites
+    from semdpo_core.export import rewrite as rewrite_prompts
+    from semdpo_core.models import resolve_device
+    from semdpo_core.prompt_files import lines, read_records
+
+    cfg = load_config(config, set_)
+    if prompts:
+        texts = list(prompts)
+    elif file is not None:
+        texts = [r.fields[cfg.data.prompt_column] for r in read_records(str(file), [cfg.data.prompt_column])]
+    else:
+        texts = lines(sys.stdin.read())
+    texts = [" ".join(t.split()) for t in texts if t.strip()]
+    if not texts:
+        raise UserError("no prompt to rewrite: pass prompts, --file FILE, or one a line on stdin")
+    device = resolve_device(cfg.device)
+    rewrites = rewrite_prompts(cfg, method, texts, device)
+    for rewritten in rewrites:
+        typer.echo(rewritten)
+    if render is not None:
+        paths = render_rewrites(cfg, texts, rewrites, render, device)
+        typer.echo(f"{len(paths)} images in {render} ({paths[0].name} ...)", err=True)
+
+
+@app.command()
+@one_line_errors
+def export(
+    target: Annotated[Path, typer.Argument(help="the folder to write (a Hugging Face model folder)")],
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
+    method: Annotated[str, typer.Option(help="whose rewriter: sft or a training run's label (sem_dpo, dpo, ...)")] = "sem_dpo",
+    set_: SetOption = None,
+) -> None:
+    """Write METHOD's rewriter as a Hugging Face model folder (safetensors, tokenizer with the chat
+    template, generation config, model card) that transformers loads without semdpo."""
+    from semdpo_core.config import load_config
+    from semdpo_core.export import export as export_rewriter
+
+    folder = export_rewriter(load_config(config, set_), method, target)
+    typer.echo(f"{method} -> {folder}: pipeline('text-generation', model={str(folder)!r}) loads it")
+
+
+@app.command("export-pairs")
+@one_line_errors
+def export_pairs_command(
+    target: Annotated[Path, typer.Argument(help="the file to write: .parquet or .jsonl")],
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="the semantic weight's alpha (default: train.alpha)")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Write the preference pairs with their semantic distance and weight as prompt/chosen/rejected
+    rows (TRL's format; `data.preference_pairs` reads them back)."""
+    from semdpo_core.config import load_config
+    from semdpo_core.export import export_pairs
+
+    try:
+        rows = export_pairs(load_config(config, set_), target, alpha)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    typer.echo(f"{rows} pairs -> {target}")
 
 
 @app.command()

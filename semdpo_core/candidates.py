@@ -33,8 +33,10 @@ def sample_candidates(
     batch_size: int,
     seed: int,
     shard: int = 0,
+    render_seed: str = "per_prompt",
 ) -> pa.Table:
-    """A CANDIDATES table: one row per non-empty sampled rewrite, each with its render seed."""
+    """A CANDIDATES table: one row per non-empty sampled rewrite, each with its render seed (the
+    prompt's, shared by its candidates, or `per_candidate` one each)."""
     rows: dict[str, list] = {name: [] for name in CANDIDATES.names}
     empty = 0
     for start in tqdm(range(0, len(prompts), batch_size), desc="candidates", unit="batch"):
@@ -61,7 +63,7 @@ def sample_candidates(
                 rows["prompt_id"].append(pid)
                 rows["prompt"].append(prompt)
                 rows["rewrite"].append(rewrite)
-                rows["seed"].append(derive_seed(seed, f"render:{candidate_id}"))
+                rows["seed"].append(derive_seed(seed, f"render:{pid if render_seed == 'per_prompt' else candidate_id}"))
     log.info("%d candidates for %d prompts (%d empty rewrites dropped)", len(rows["candidate_id"]), len(prompts), empty)
     return pa.Table.from_pydict(rows, schema=CANDIDATES)
 
@@ -82,4 +84,5 @@ def candidates_shard(ctx: StageContext, shard: int) -> pa.Table:
         model, tokenizer, rows.column("prompt_id").to_pylist(), rows.column("prompt").to_pylist(),
         num_candidates=c.num_candidates, temperature=c.temperature, top_p=c.top_p,
         max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, seed=s.seed, shard=shard,
+        render_seed=c.render_seed,
     )

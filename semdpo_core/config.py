@@ -38,6 +38,10 @@ class DataConfig(Section):
     max_train_prompts: int | None = Field(512, ge=1)
     max_test_prompts: int | None = Field(64, ge=1, description="per evaluation dataset")
     max_prompt_tokens: int = Field(48, ge=1, description="longer prompts are reported and skipped")
+    preference_pairs: str | None = Field(
+        None, description="your own pairs (prompt, chosen, rejected columns: TRL's format; Parquet, JSONL or CSV): "
+                          "the pipeline trains on them, skipping candidates, render and label"
+    )
 
     def test_sets(self) -> dict[str, str]:
         """{dataset name: source} (see `named_test_sets`)."""
@@ -76,6 +80,10 @@ class CandidatesConfig(Section):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(64, ge=1)
+    render_seed: Literal["per_prompt", "per_candidate"] = Field(
+        "per_prompt", description="per_prompt: a prompt's candidates are drawn from the same noise, so that a label "
+                                  "compares rewrites, not noise; per_candidate: a seed each"
+    )
 
 
 class RenderConfig(Section):
@@ -153,6 +161,9 @@ class TrainConfig(Section):
     precision: Precision = Field("auto", description=PRECISION_HELP)
     epochs: int = Field(2, ge=1)
     max_length: int = Field(96, ge=8)
+    disable_dropout: bool = Field(
+        True, description="dropout off in the policy while training (as TRL does), so that at step 0 it equals the reference"
+    )
     checkpoint_every: int = Field(32, ge=0, description="optimizer steps between resumable checkpoints; 0: none")
     keep_checkpoints: int = Field(2, ge=1, description="newest resumable checkpoints kept per training run; older ones are deleted")
     report_to: list[Literal["tensorboard"]] = Field(

@@ -18,7 +18,7 @@ from semdpo_core.hub import PACKAGED, ModelNotFound, cached_snapshot, locate
 from semdpo_core.image_reward_net import CHECKPOINT as IMAGE_REWARD_CHECKPOINT
 from semdpo_core.image_reward_net import MED_CONFIG
 from semdpo_core.scorers.hps import HPS_CHECKPOINT
-from semdpo_core.stages import uses_fidelity
+from semdpo_core.stages import own_pairs, uses_fidelity
 
 BUILT_HERE = ("tiny:", "world:")  # built on first use, never fetched
 # what a whole-repo download leaves out: other frameworks' weights, single-file checkpoints and
@@ -73,9 +73,10 @@ def scorer_needs(field: str, scorer: ScorerConfig) -> list[ModelNeed]:
 
 def model_needs(config: PipelineConfig) -> list[ModelNeed]:
     """Every model the stages of `config` load, in pipeline order (the fidelity scorer only when
-    a trained method uses fidelity)."""
+    a trained method uses fidelity; no reward model when the user brings the pairs)."""
     needs = [ModelNeed("sft.base_model", config.sft.base_model), ModelNeed("render.model", config.render.model)]
-    needs += scorer_needs("label.reward_model", config.label.reward_model)
+    if not own_pairs(config):
+        needs += scorer_needs("label.reward_model", config.label.reward_model)
     if uses_fidelity(config):
         needs += scorer_needs("fidelity.scorer", config.fidelity.scorer)
     needs.append(ModelNeed("weigh.encoder", config.weigh.encoder))

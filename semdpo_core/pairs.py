@@ -9,6 +9,7 @@ from collections import defaultdict
 import pyarrow as pa
 
 from semdpo_core.context import Output, StageContext
+from semdpo_core.prompt_files import PromptFileError, prompt_id, read_records
 from semdpo_core.schemas import CANDIDATES, PAIRS, REWARDS
 from semdpo_core.store import ArtifactStore, DatasetRef
 
@@ -52,8 +53,35 @@ def select_pairs(candidates: pa.Table, rewards: dict[str, float]) -> pa.Table:
     return pa.Table.from_pydict(rows, schema=PAIRS)
 
 
+def own_pairs_table(source: str) -> pa.Table:
+    """The user's pairs (prompt, chosen, rejected) as PAIRS, in file order: ids from the prompt and
+    the row, no rewards. Rows whose chosen and rejected are the same text carry no preference and
+    are dropped (counted); an empty field is refused with its file:line."""
+    rows: dict[str, list] = {name: [] for name in PAIRS.names}
+    same = 0
+    for i, record in enumerate(read_records(source, ["prompt", "chosen", "rejected"])):
+        prompt, chosen, rejected = (" ".join(record.fields[c].split()) for c in ("prompt", "chosen", "rejected"))
+        empty = [c for c, v in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)) if not v]
+        if empty:
+            raise PromptFileError(f"{record.source}: empty {empty[0]!r}; every pair needs a prompt, chosen and rejected")
+        if chosen == rejected:
+            same += 1
+            continue
+        pid = prompt_id(prompt)
+        for name, value in (("prompt_id", pid), ("prompt", prompt), ("chosen_id", f"{pid}-{i}-chosen"),
+                            ("rejected_id", f"{pid}-{i}-rejected"), ("chosen", chosen), ("rejected", rejected),
+                            ("chosen_reward", None), ("rejected_reward", None)):
+            rows[name].append(value)
+    log.info("%s: %d pairs (%d with identical chosen and rejected dropped)", source, len(rows["prompt_id"]), same)
+    if not rows["prompt_id"]:
+        raise PromptFileError(f"{source} (data.preference_pairs): no pair with different chosen and rejected text")
+    return pa.Table.from_pydict(rows, schema=PAIRS)
+
+
 def pairs_stage(ctx: StageContext) -> Output:
-    """The PAIRS table from the candidates and their rewards."""
+    """The PAIRS table from the candidates and their rewards, or from the user's own pairs."""
+    if "preference_pairs" in ctx.settings:
+        return Output(own_pairs_table(ctx.settings.preference_pairs.path))
     table = ctx.store.read_table(ctx.inputs["label"], REWARDS)
     rewards = dict(zip(table.column("candidate_id").to_pylist(), table.column("reward").to_pylist()))
     out = select_pairs(ctx.store.read_table(ctx.inputs["candidates"], CANDIDATES), rewards)

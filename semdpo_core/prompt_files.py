@@ -69,6 +69,11 @@ def source_bytes(source: str) -> tuple[str, bytes, str]:
         raise PromptFileError(f"{path}: no permission to read it") from None
 
 
+def prompt_id(text: str) -> str:
+    """A stable id for a prompt: the same text always gets the same id."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def source_digest(source: str) -> str:
     """sha256 of a source's bytes: part of the prompts fingerprint, so an edited file reruns."""
     return hashlib.sha256(source_bytes(source)[1]).hexdigest()

@@ -6,7 +6,6 @@ the rewriter is reported with its line and skipped, never cut; a test prompt is 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -16,7 +15,8 @@ import pyarrow as pa
 from semdpo_core.config import PipelineConfig, named_test_sets
 from semdpo_core.context import Output, StageContext
 from semdpo_core.models import pretrained
-from semdpo_core.prompt_files import PromptFileError, Record, read_records
+from semdpo_core.pairs import own_pairs_table
+from semdpo_core.prompt_files import PromptFileError, Record, prompt_id, read_records
 from semdpo_core.rewriter import prompt_token_count
 from semdpo_core.schemas import PROMPTS
 
@@ -66,11 +66,6 @@ def line_list(sources: list[str]) -> str:
     more = f" and {len(sources) - SHOWN_LINES:,} more" if len(sources) > SHOWN_LINES else ""
     label = ("line " if len(sources) == 1 else "lines ") if all(n.isdigit() for n in numbers) else ""
     return f"{label}{', '.join(numbers)}{more}"
-
-
-def prompt_id(text: str) -> str:
-    """A stable id for a prompt: the same text always gets the same id."""
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def load_split(source: str, column: str, limit: int | None, too_long: Callable[[str], int | None]) -> list[Record]:
@@ -138,6 +133,8 @@ def check_inputs(config: PipelineConfig) -> None:
                                                           for name, source in d.test_sets().items()}}
     for field, source in sources.items():
         _check_usable(field, source, d.prompt_column, too_long, d.max_prompt_tokens)
+    if d.preference_pairs is not None:
+        own_pairs_table(d.preference_pairs)  # readable, the three columns, a pair at least
     if not read_records(d.sft_pairs, ["original", "rewrite"]):
         raise PromptFileError(f"{d.sft_pairs} (data.sft_pairs): holds no pairs; the SFT stage needs at least one")
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from semdpo_core.candidates import candidates_shard
-from semdpo_core.config import PipelineConfig, cache_home
+from semdpo_core.config import ConfigError, PipelineConfig, cache_home
 from semdpo_core.context import StageContext
 from semdpo_core.evaluate import evaluate_shard, validate_shard
 from semdpo_core.fidelity import fidelity_shard
@@ -44,7 +44,7 @@ from semdpo_core.weigh import weigh_shard
 
 SHARED_TRAIN_SETTINGS = (
     "beta", "learning_rate", "batch_size", "gradient_accumulation_steps", "warmup_ratio", "max_grad_norm",
-    "precision", "epochs", "max_length",
+    "precision", "epochs", "max_length", "disable_dropout",
 )
 
 
@@ -103,8 +103,13 @@ def evaluated_labels(config: PipelineConfig) -> list[str]:
 
 
 def uses_fidelity(config: PipelineConfig) -> bool:
-    """Whether a trained method reads the fidelity stage's scores."""
-    return any(get_method(run.method).uses_fidelity for run in runs(config))
+    """Whether a trained method reads the fidelity stage's scores (of rendered candidates: none
+    when the user brings the pairs, so such a method cannot train on them)."""
+    wanted = [run.label for run in runs(config) if get_method(run.method).uses_fidelity]
+    if wanted and own_pairs(config):
+        raise ConfigError(f"{', '.join(wanted)} needs a fidelity score of each rendered candidate, which "
+                          "data.preference_pairs does not have; drop it from train.methods")
+    return bool(wanted)
 
 
 def uses_reference(config: PipelineConfig) -> bool:
@@ -125,7 +130,7 @@ def _render(config: PipelineConfig) -> dict[str, Any]:
 
 def prompts_settings(config: PipelineConfig) -> dict[str, Any]:
     """The data section, with the digest of every prompt file's bytes (an edited file reruns)."""
-    data = config.data.model_dump()
+    data = config.data.model_dump(exclude={"preference_pairs"})  # the pairs stage's, not the prompts'
     data["digests"] = {
         "train_prompts": source_digest(config.data.train_prompts),
         "test_prompts": {name: source_digest(source) for name, source in config.data.test_sets().items()},
@@ -153,7 +158,24 @@ def fidelity_settings(config: PipelineConfig) -> dict[str, Any]:
 
 
 def pairs_settings(config: PipelineConfig) -> dict[str, Any]:
-    return {}
+    """Nothing but the inputs; or, for the user's own pairs, their file (by the digest of its bytes)."""
+    pairs = config.data.preference_pairs
+    return {} if pairs is None else {"preference_pairs": Source(pairs, source_digest(pairs))}
+
+
+def own_pairs(config: PipelineConfig) -> bool:
+    """The user brings the preference pairs (`data.preference_pairs`): no candidates, images or labels."""
+    return config.data.preference_pairs is not None
+
+
+def makes_pairs(config: PipelineConfig) -> bool:
+    return not own_pairs(config)
+
+
+def pairs_outputs(config: PipelineConfig) -> list[Planned]:
+    """One dataset: from the candidates and their labels, or from the user's pairs file."""
+    inputs = {} if own_pairs(config) else {"candidates": "candidates", "label": "label"}
+    return [Planned("pairs", pairs_settings(config), inputs)]
 
 
 def weigh_settings(config: PipelineConfig) -> dict[str, Any]:
@@ -276,16 +298,16 @@ STAGES: tuple[Stage, ...] = (
           summary="the prompt files (data.*) -> PROMPTS: train rows, then each test set's rows"),
     Stage("sft", (), sft_settings, SFT_LOG, "gpu", sft_stage, summary="data.sft_pairs -> SFT_LOG + the SFT checkpoint"),
     Stage("candidates", ("prompts", "sft"), candidates_settings, CANDIDATES, "gpu", candidates_shard, per_train_prompts,
-          summary="k sampled rewrites per train prompt, each with its render seed"),
+          needed=makes_pairs, summary="k sampled rewrites per train prompt, each with its render seed"),
     Stage("render", ("candidates",), render_settings, IMAGES, "gpu", render_shard, per_candidates_part,
-          summary="one PNG per candidate"),
+          needed=makes_pairs, summary="one PNG per candidate"),
     Stage("label", ("candidates", "render"), label_settings, REWARDS, "gpu", label_shard, per_candidates_part,
-          summary="the reward of each image vs its ORIGINAL prompt"),
+          needed=makes_pairs, summary="the reward of each image vs its ORIGINAL prompt"),
     Stage("fidelity", ("candidates", "render"), fidelity_settings, FIDELITY, "gpu", fidelity_shard,
           per_candidates_part, needed=uses_fidelity,
           summary="a text-fidelity score per image (only when a method uses fidelity)"),
-    Stage("pairs", ("candidates", "label"), pairs_settings, PAIRS, "cpu", pairs_stage,
-          summary="per prompt, best = chosen, worst = rejected"),
+    Stage("pairs", ("candidates", "label"), pairs_settings, PAIRS, "cpu", pairs_stage, outputs=pairs_outputs,
+          summary="per prompt, best = chosen, worst = rejected (or data.preference_pairs, read as they are)"),
     Stage("weigh", ("pairs",), weigh_settings, DISTANCES, "gpu", weigh_shard, per_pairs,
           summary="the pairs + semantic_distance d(x, y_w) (alpha-free)"),
     Stage("reference", ("sft", "pairs"), reference_settings, REFERENCE, "gpu", reference_shard, per_pairs,

@@ -134,6 +134,8 @@ def train_preference(
             state.load_state_dict(saved["loss"])
         log.info("%s: resuming from the checkpoint at step %d of %d", label, resumed, total)
 
+    if s.disable_dropout:
+        disable_dropout(policy)
     policy.train()
     bar = tqdm(total=total, initial=resumed, desc=label, unit="step")
     order = list(range(len(data)))
@@ -178,6 +180,15 @@ def train_preference(
     log.info("%s: %d steps, final loss %.4f, reward margin %.4f, mean weight %.3f",
              label, len(history), last["loss"], last["reward_margin"], last["mean_weight"])
     return history
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout of `model` at p = 0, as TRL's trainers do: the reference pass runs without
+    dropout (eval mode), so a policy with it would not equal the reference at step 0 and every
+    reward margin would carry the dropout's noise."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def check_inputs(method: Method, data: PreferenceData, reference: ReferenceLogps | None) -> None:

@@ -165,3 +165,22 @@ def test_alpha_auto_chooses_on_validation_prompts_held_out_of_training(tmp_path,
     best = max(selection["by_alpha"], key=lambda r: r["validation"])
     assert selection["chosen"] == best["method"] == tables["focus"]
     assert "Alpha chosen on the validation prompts" in store.read_file(plan.ref("report"), "report.md").decode()
+
+
+@pytest.mark.parametrize("render_seed", ["per_prompt", "per_candidate"])
+def test_a_prompts_candidates_share_their_render_seed_unless_told_otherwise(render_seed):
+    import torch
+
+    from semdpo_core.candidates import sample_candidates
+    from semdpo_core.models import load_rewriter
+
+    model, tokenizer = load_rewriter("tiny:rewriter", torch.device("cpu"))
+    table = sample_candidates(model, tokenizer, ["p1", "p2"], ["a red fox", "an old lighthouse"], num_candidates=3,
+                              temperature=1.0, top_p=1.0, max_new_tokens=8, batch_size=2, seed=0,
+                              render_seed=render_seed)
+    seeds: dict[str, set[int]] = {}
+    for row in table.to_pylist():
+        seeds.setdefault(row["prompt_id"], set()).add(row["seed"])
+    per_prompt = [len(s) for s in seeds.values()]
+    assert per_prompt == ([1, 1] if render_seed == "per_prompt" else [3, 3])
+    assert not seeds["p1"] & seeds["p2"]  # different prompts, different noise

@@ -35,12 +35,11 @@ class Crash(Exception):
 
 
 def train(method, reference, settings=SETTINGS, dropout=True, **kwargs):
+    """Train the tiny rewriter; `dropout` keeps the model's dropout on (train.disable_dropout off),
+    so that resuming is checked with dropout masks drawn from the saved RNG state too."""
     ref, tokenizer = reference
     policy, _ = load_rewriter("tiny:rewriter", CPU)
-    if not dropout:  # dropout masks depend on how a batch is split; without it the split must not matter
-        for module in policy.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+    settings = settings.model_copy(update={"disable_dropout": not dropout})
     history = train_preference(policy, tokenizer, DATA, ref, method=method, settings=settings, seed=7,
                                checkpoint_every=settings.checkpoint_every, **kwargs)
     return policy, history
@@ -151,3 +150,31 @@ def test_sft_in_mixed_precision_follows_float32():
     fp32, bf16 = losses("fp32"), losses("bf16")
     assert len(fp32) == 3 and fp32[-1] < fp32[0]
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.03)
+
+
+def test_with_dropout_in_the_model_the_policy_starts_exactly_at_the_reference(reference):
+    """TRL's disable_dropout: the reference pass runs in eval mode, the policy trains in train mode;
+    with the model's dropout (GPT-2's 0.1) left on, their log-probs differ at step 0."""
+    from semdpo_core.train import disable_dropout
+
+    ref, tokenizer = reference
+    policy, _ = load_rewriter("tiny:rewriter", CPU)
+    assert {m.p for m in policy.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    first = slice(0, 4)  # the reference's first batch, as it was padded
+    completions = {"chosen": DATA.chosen[first], "rejected": DATA.rejected[first], "kl": DATA.kl_completions()[first]}
+
+    def step0_logps(model):
+        with torch.no_grad():
+            out = concatenated_logps(model.train(), tokenizer, DATA.prompts[first], completions, 64)
+        return torch.cat([out["chosen"][0], out["rejected"][0]]).double()
+
+    expected = torch.cat([ref.chosen[first], ref.rejected[first]])
+    torch.manual_seed(0)
+    assert not torch.equal(step0_logps(policy), expected)  # dropout on: noise in every log-prob
+    disable_dropout(policy)
+    assert torch.equal(step0_logps(policy), expected)
+
+    trained, _ = train("dpo", reference, dropout=False)  # train.disable_dropout (the default) does it
+    assert {m.p for m in trained.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    kept, _ = train("dpo", reference, dropout=True)
+    assert {m.p for m in kept.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
