@@ -209,12 +209,34 @@ class TrainConfig(Section):
         return self.alpha == "auto" and any(get_method(m).sweeps_alpha for m in self.methods)
 
 
+class RewriterConfig(Section):
+    """A published prompt rewriter evaluated beside the trained methods (Promptist, BeautifulPrompt):
+    its weights, its own tokenizer, its prompt template and its decoding."""
+
+    model: str = Field(description="a causal LM: hub id (local HF cache), folder or tiny:NAME")
+    tokenizer: str | None = Field(None, description="its tokenizer when not beside the weights (Promptist: gpt2)")
+    template: str = Field("{prompt}", description="how it is posed a prompt; {prompt} is replaced (Promptist: '{prompt} Rephrase:')")
+    num_beams: int = Field(1, ge=1, description="beam search width (Promptist: 8); 1 is greedy")
+    length_penalty: float = 1.0
+    max_new_tokens: int = Field(77, ge=1)
+
+    @field_validator("template")
+    @classmethod
+    def _has_prompt(cls, template: str) -> str:
+        if "{prompt}" not in template:
+            raise ValueError(f"template {template!r} has no {{prompt}}")
+        return template
+
+
 class EvaluateConfig(Section):
     """Rewrite held-out prompts with every method, render with shared seeds, score vs the original."""
 
     methods: list[str] | None = Field(None, description="default: human, sft and every trained method")
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(64, ge=1)
+    rewriters: dict[str, RewriterConfig] = Field(
+        {}, description="published rewriters to evaluate as methods, by name (each a row of every report table)"
+    )
     scorers: dict[str, ScorerConfig] = {
         "alignment": ScorerConfig(kind="world", model="world:alignment"),
         "aesthetic": ScorerConfig(kind="world", model="world:aesthetic"),

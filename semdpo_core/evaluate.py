@@ -11,11 +11,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
+from semdpo_core.config import RewriterConfig
 from semdpo_core.context import StageContext
 from semdpo_core.inference import loaded
 from semdpo_core.label import score_images, scorer_of
-from semdpo_core.models import generation_dtype, load_diffusion, load_rewriter
+from semdpo_core.models import generation_dtype, load_diffusion, load_rewriter, pretrained
 from semdpo_core.render import render_images
 from semdpo_core.report import mean_std, ordered
 from semdpo_core.rewriter import generate
@@ -134,6 +136,36 @@ def rewrite_prompts(model: Any, tokenizer: Any, prompts: list[str], *, batch_siz
     return out
 
 
+@torch.no_grad()
+def published_rewrites(model: Any, tokenizer: Any, prompts: list[str], r: Any, batch_size: int) -> list[str]:
+    """A published rewriter's rewrites, posed with its own template and decoded its own way
+    (beam search for Promptist); only the new tokens, whitespace normalised."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        posed = [r.template.format(prompt=p) for p in prompts[start : start + batch_size]]
+        enc = tokenizer(posed, return_tensors="pt", padding=True)
+        ids = model.generate(input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
+                             do_sample=False, num_beams=r.num_beams, length_penalty=r.length_penalty,
+                             max_new_tokens=r.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(ids[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
+        out.extend(" ".join(t.split()) for t in texts)
+    return out
+
+
+def load_published(model_ref: str, tokenizer_ref: str | None, device: torch.device) -> tuple[Any, Any]:
+    """A published rewriter's model and tokenizer (its own tokenizer folder when it names one)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = pretrained(AutoTokenizer, tokenizer_ref or model_ref)
+    model = pretrained(AutoModelForCausalLM, model_ref, dtype=generation_dtype(device)).to(device).eval()
+    return model, tokenizer
+
+
 def evaluate_method(
     method: str,
     test: dict[str, list],
@@ -144,6 +176,7 @@ def evaluate_method(
     settings: Any,
     render: Any,
     seed: int,
+    published: Any = None,
 ) -> pa.Table:
     """EVALUATION rows of one method: rewrite (human input keeps the prompt as it is; its
     `rewriter` only counts tokens), render with the shared per-prompt seeds, score every image
@@ -153,7 +186,9 @@ def evaluate_method(
     prompts = test["prompt"]
     model, tokenizer = rewriter
     rewrites = prompts
-    if method != "human":
+    if published is not None:  # a published rewriter, with its own template and decoding
+        rewrites = fill_empty(prompts, published_rewrites(model, tokenizer, prompts, published, settings.batch_size), method)
+    elif method != "human":
         out = rewrite_prompts(model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
         rewrites = fill_empty(prompts, out, method)
     seeds = eval_seeds(seed, test["prompt_id"])
@@ -176,12 +211,17 @@ def evaluate_split(ctx: StageContext, shard: int, split: str) -> pa.Table:
     table = ctx.store.read_table(ctx.inputs["prompts"], PROMPTS)
     prompts = table.filter(pc.equal(table.column("split"), split)).select(["dataset", "prompt_id", "prompt"]).to_pydict()
     method, device = s.methods[shard], ctx.device
-    rewriter = loaded(load_rewriter, ctx.checkpoint_dir("sft" if method in ("human", "sft") else method), device,
-                      generation_dtype(device))
+    rewriters = s.evaluate.get("rewriters", {})  # not hashed (nor read) when there is none
+    published = RewriterConfig.model_validate(rewriters[method].to_dict()) if method in rewriters else None
+    if published is not None:
+        rewriter = loaded(load_published, published.model, published.tokenizer, device)
+    else:
+        rewriter = loaded(load_rewriter, ctx.checkpoint_dir("sft" if method in ("human", "sft") else method), device,
+                          generation_dtype(device))
     pipe = loaded(load_diffusion, s.render.model, device, ctx.runtime.compile_unet)
     scorers = {name: scorer_of(scorer, device) for name, scorer in s.evaluate.scorers.items()}
     encoder = loaded(SemanticEncoder, s.semantic_encoder, device)
-    return evaluate_method(method, prompts, rewriter, pipe, scorers, encoder, s.evaluate, s.render, s.seed)
+    return evaluate_method(method, prompts, rewriter, pipe, scorers, encoder, s.evaluate, s.render, s.seed, published)
 
 
 def evaluate_shard(ctx: StageContext, shard: int) -> pa.Table:

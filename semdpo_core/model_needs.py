@@ -80,6 +80,10 @@ def model_needs(config: PipelineConfig) -> list[ModelNeed]:
     if uses_fidelity(config):
         needs += scorer_needs("fidelity.scorer", config.fidelity.scorer)
     needs.append(ModelNeed("weigh.encoder", config.weigh.encoder))
+    for name, rewriter in config.evaluate.rewriters.items():
+        needs.append(ModelNeed(f"evaluate.rewriters.{name}.model", rewriter.model))
+        if rewriter.tokenizer is not None:
+            needs.append(processor_need(f"evaluate.rewriters.{name}.tokenizer", rewriter.tokenizer))
     for name, scorer in config.evaluate.scorers.items():
         needs += scorer_needs(f"evaluate.scorers.{name}", scorer)
     return [n for n in needs if not n.ref.startswith(BUILT_HERE)]

@@ -98,8 +98,13 @@ def runs(config: PipelineConfig) -> list[TrainRun]:
 
 def evaluated_labels(config: PipelineConfig) -> list[str]:
     """Methods to evaluate, in order: human input, SFT, then training runs (a method name covers its alphas)."""
-    wanted = config.evaluate.methods or ["human", "sft", *config.train.methods]
-    return [m for m in ("human", "sft") if m in wanted] + [run.label for run in runs(config) if run.method in wanted]
+    rewriters = list(config.evaluate.rewriters)
+    clash = [name for name in rewriters if name in ("human", "sft", *config.train.methods)]
+    if clash:
+        raise ConfigError(f"evaluate.rewriters: {', '.join(clash)} is already a method's name; name the rewriter otherwise")
+    wanted = config.evaluate.methods or ["human", "sft", *config.train.methods, *rewriters]
+    return ([m for m in ("human", "sft") if m in wanted] + [run.label for run in runs(config) if run.method in wanted]
+            + [name for name in rewriters if name in wanted])
 
 
 def uses_fidelity(config: PipelineConfig) -> bool:
@@ -206,7 +211,9 @@ def train_settings(config: PipelineConfig, run: TrainRun) -> dict[str, Any]:
 
 
 def evaluate_settings(config: PipelineConfig) -> dict[str, Any]:
-    return {"evaluate": config.evaluate.model_dump(), "methods": evaluated_labels(config), "render": _render(config),
+    # no published rewriter: the section as it hashed before `rewriters` existed (stores keep their fingerprints)
+    section = config.evaluate.model_dump(exclude=set() if config.evaluate.rewriters else {"rewriters"})
+    return {"evaluate": section, "methods": evaluated_labels(config), "render": _render(config),
             "semantic_encoder": config.weigh.encoder, "seed": config.seed}
 
 
