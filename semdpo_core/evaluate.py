@@ -114,13 +114,18 @@ def summarize(evaluation: pa.Table) -> pa.Table:
     return pa.Table.from_pydict(rows, schema=METRICS)
 
 
-def format_metrics(metrics: pa.Table) -> str:
-    """A plain-text table: a row per method, a column per metric (mean ± std)."""
-    methods = ordered(metrics.column("method").to_pylist())
+def metric_rows(metrics: pa.Table) -> list[dict[str, str]]:
+    """METRICS as a row per method, `mean ± std` per metric ("-" where a method lacks one)."""
     names = ordered(metrics.column("metric").to_pylist())
     cell = {(r["method"], r["metric"]): f"{r['mean']:.4f} ± {r['std']:.4f}" for r in metrics.to_pylist()}
-    header = ["method"] + names
-    body = [[m] + [cell.get((m, n), "-") for n in names] for m in methods]
+    return [{"method": m, **{n: cell.get((m, n), "-") for n in names}} for m in ordered(metrics.column("method").to_pylist())]
+
+
+def format_metrics(metrics: pa.Table) -> str:
+    """A plain-text table: a row per method, a column per metric (mean ± std)."""
+    rows = metric_rows(metrics)
+    header = list(rows[0]) if rows else ["method"]
+    body = [list(row.values()) for row in rows]
     widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in [header] + body]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -35,6 +35,11 @@ def strip_controls(text: str) -> str:
     return CONTROL.sub("", ESCAPE_SEQUENCE.sub("", text))
 
 
+def clean_text(raw: str) -> str:
+    """A prompt as the prompts stage keeps it: no control characters, whitespace normalised."""
+    return " ".join(strip_controls(raw).split())
+
+
 def clean_prompts(records: list[Record], column: str) -> list[Record]:
     """Normalise whitespace, remove control characters, skip blank prompts and drop exact
     duplicates (first one kept), logging the counts with the file's name."""
@@ -42,7 +47,7 @@ def clean_prompts(records: list[Record], column: str) -> list[Record]:
     kept, blank, duplicate, controlled = [], 0, 0, []
     for record in records:
         raw = record.fields[column]
-        text = " ".join(strip_controls(raw).split())
+        text = clean_text(raw)
         if text != " ".join(raw.split()):
             controlled.append(record.source)
         if not text:
@@ -142,7 +147,7 @@ def check_inputs(config: PipelineConfig) -> None:
 def _check_usable(field: str, source: str, column: str, too_long: Callable[[str], int | None], limit: int) -> None:
     """Refuse a prompt source with nothing the prompts stage could keep, saying why."""
     records = read_records(source, [column])
-    texts = [" ".join(strip_controls(r.fields[column]).split()) for r in records]
+    texts = [clean_text(r.fields[column]) for r in records]
     texts = [t for t in texts if t]
     if not records:
         raise PromptFileError(f"{source} ({field}): holds no prompts (an empty file)")

@@ -128,10 +128,7 @@ def train_preference(
     history: list[dict[str, float]] = []
     resumed = 0
     if resume_from is not None:
-        resumed, history, saved = checkpoints.restore(resume_from, policy, optimizer)
-        scheduler.load_state_dict(saved["scheduler"])
-        if state is not None:
-            state.load_state_dict(saved["loss"])
+        resumed, history = restore_run(resume_from, policy, optimizer, scheduler, state)
         log.info("%s: resuming from the checkpoint at step %d of %d", label, resumed, total)
 
     if s.disable_dropout:
@@ -172,14 +169,28 @@ def train_preference(
             if on_step:
                 on_step(history[-1])
             if save_checkpoint and checkpoint_every and step % checkpoint_every == 0 and step < total:
-                saved = {"scheduler": scheduler.state_dict(), "loss": state.state_dict() if state is not None else {}}
-                save_checkpoint(step, checkpoints.to_files(policy, optimizer, step, history, saved))
+                save_checkpoint(step, run_files(policy, optimizer, scheduler, state, step, history))
     bar.close()
     policy.eval()
     last = history[-1]
     log.info("%s: %d steps, final loss %.4f, reward margin %.4f, mean weight %.3f",
              label, len(history), last["loss"], last["reward_margin"], last["mean_weight"])
     return history
+
+
+def run_files(policy: Any, optimizer: Any, scheduler: Any, state: Any, step: int, history: list[dict[str, float]]) -> dict[str, bytes]:
+    """A run's checkpoint: weights, optimizer, RNG, and the schedule and method state beside them."""
+    saved = {"scheduler": scheduler.state_dict(), "loss": state.state_dict() if state is not None else {}}
+    return checkpoints.to_files(policy, optimizer, step, history, saved)
+
+
+def restore_run(files: dict[str, bytes], policy: Any, optimizer: Any, scheduler: Any, state: Any) -> tuple[int, list[dict[str, float]]]:
+    """`run_files` read back into the run; returns (step, history so far)."""
+    step, history, saved = checkpoints.restore(files, policy, optimizer)
+    scheduler.load_state_dict(saved["scheduler"])
+    if state is not None:
+        state.load_state_dict(saved["loss"])
+    return step, history
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

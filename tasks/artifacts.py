@@ -18,8 +18,7 @@ from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
 )
 
-from semdpo_core.evaluate import METRIC_COLUMNS, format_metrics, summarize
-from semdpo_core.report import ordered
+from semdpo_core.evaluate import METRIC_COLUMNS, format_metrics, metric_rows, summarize
 from semdpo_core.schemas import EVALUATION, REPORT_SCORES
 from semdpo_core.store import ArtifactStore, DatasetRef
 
@@ -91,16 +90,6 @@ def update_stage_progress(artifact_id: Any, name: str, done: int, total: int) ->
             log.debug("progress artifact not updated: %s", e)
 
 
-def metric_rows(store: ArtifactStore, evaluation: DatasetRef) -> tuple[list[dict[str, str]], str, int]:
-    """The evaluation as rows (a method each, `mean ± std` per metric), as text, and its image count."""
-    table = store.read_table(evaluation, EVALUATION, columns=METRIC_COLUMNS)
-    metrics = summarize(table)
-    cell = {(r["method"], r["metric"]): f"{r['mean']:.4f} ± {r['std']:.4f}" for r in metrics.to_pylist()}
-    names = ordered(metrics.column("metric").to_pylist())
-    rows = [{"method": m, **{n: cell.get((m, n), "-") for n in names}} for m in ordered(metrics.column("method").to_pylist())]
-    return rows, format_metrics(metrics), table.num_rows
-
-
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Rows (dicts with the same keys) as a markdown table."""
     header = list(rows[0])
@@ -110,7 +99,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def publish_metrics(store: ArtifactStore, evaluation: DatasetRef) -> tuple[str, list[dict[str, str]]]:
     """The evaluation as a table artifact (`semdpo-metrics`, mean ± std); returns it as text and rows."""
-    rows, text, images = metric_rows(store, evaluation)
+    table = store.read_table(evaluation, EVALUATION, columns=METRIC_COLUMNS)
+    metrics = summarize(table)
+    rows, text, images = metric_rows(metrics), format_metrics(metrics), table.num_rows
     try:
         create_table_artifact(key="semdpo-metrics", table=rows,
                               description=f"mean ± std per method and metric; every one of {images} images scored "
