@@ -23,11 +23,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from semdpo_core.backends import StoreError
     from semdpo_core.config import ConfigError
     from semdpo_core.export import RunNotTrained
+    from semdpo_core.hub_datasets import DatasetLoadError
     from semdpo_core.models import ModelNotFound
     from semdpo_core.prompt_files import PromptFileError
     from semdpo_core.store import CorruptArtifact, DatasetMissing
 
-    return UserError, ConfigError, PromptFileError, ModelNotFound, StoreError, CorruptArtifact, DatasetMissing, RunNotTrained
+    return (UserError, ConfigError, PromptFileError, ModelNotFound, StoreError, CorruptArtifact, DatasetMissing, RunNotTrained,
+            DatasetLoadError)
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,8 +71,9 @@ def run(
         if stage is not None and stage not in STAGE_NAMES:
             raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_NAMES)}")
         open_backend(cfg.store_root())  # a malformed store root (no network is needed to tell)
-        require_models(cfg)
-        check_inputs(cfg)  # after the models: it reads the rewriter's tokenizer
+        require_models(cfg)  # every backbone's
+        for one in cfg.backbone_configs().values():
+            check_inputs(one)  # after the models: it reads the rewriter's tokenizer
     except (ConfigError, PromptFileError, ModelNotFound, StoreError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -246,6 +249,49 @@ def export_pairs_command(
     except ValueError as e:
         raise UserError(str(e)) from None
     typer.echo(f"{rows} pairs -> {target}")
+
+
+@app.command()
+@one_line_errors
+def report(
+    config: Annotated[str, typer.Argument(help="pipeline config YAML whose backbones (sft.base_model, sft.backbones) are evaluated")],
+    out: Annotated[Optional[Path], typer.Option(help="folder to write (default: reports/CONFIG-NAME)")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Put every backbone's evaluation in one report (paper Tables 5-7, Figure 3): report.md,
+    report.json, scores.parquet and a scatter per backbone and dataset."""
+    from semdpo_core.backbone_report import write_backbone_report
+    from semdpo_core.config import load_config
+
+    cfg = load_config(config, set_)
+    folder = out or Path("reports") / cfg.name
+    summary = write_backbone_report(cfg, folder)
+    typer.echo(f"{len(summary['backbones'])} backbone(s) -> {folder / 'report.md'}")
+    for row in summary["overview"]:
+        typer.echo(f"  {row['method']:<16}" + "  ".join("-" if row[b] is None else f"{row[b]:.4f}" for b in summary["backbones"]))
+
+
+data_app = typer.Typer(help="Prompt data: build the files data.* names from the datasets users have.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("build")
+@one_line_errors
+def data_build(
+    config: Annotated[str, typer.Argument(help="pipeline config YAML whose data.build names the datasets")],
+    force: Annotated[bool, typer.Option(help="replace files that exist with other contents")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Write data.train_prompts and data.test_prompts as Parquet from data.build's datasets
+    (DiffusionDB, Lexica, COCO captions, ...): cleaned, deduplicated, sized, train disjoint from test."""
+    from semdpo_core.config import load_config
+    from semdpo_core.data_build import build_data, record_path
+
+    for built in build_data(load_config(config, set_), force):
+        dropped = ", ".join(f"{n:,} {why}" for why, n in built.counts.items() if why not in ("read", "kept", "examined"))
+        typer.echo(f"{built.name}: {len(built.prompts):,} prompts -> {built.path} (of {built.counts['read']:,} read; "
+                   f"dropped: {dropped or 'none'}; record: {record_path(built.path)})")
 
 
 @app.command()

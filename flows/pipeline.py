@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
+from semdpo_core.backbone_report import backbone_evaluations, backbone_markdown, backbone_scores
 from semdpo_core.config import PipelineConfig, load_config
 from semdpo_core.context import open_store
 from semdpo_core.model_needs import require_models
@@ -19,7 +20,7 @@ from semdpo_core.plan import Plan, plan_pipeline
 from semdpo_core.prompts import check_inputs
 from semdpo_core.stages import STAGE_NAMES, STAGES, stage as stage_named
 from semdpo_core.store import ArtifactStore
-from tasks.artifacts import publish_metrics, publish_report, publish_run
+from tasks.artifacts import publish_backbones, publish_metrics, publish_report, publish_run
 from tasks.stage_tasks import run_jobs
 
 
@@ -64,11 +65,28 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
 
     `stage` runs one stage alone (its upstream must be in the store), e.g. to redo one stage.
     Resume = rerun: finished stages and shards are reused from the store, so a failed run (or a
-    retried flow run) continues where it stopped."""
-    logger = get_run_logger()
+    retried flow run) continues where it stopped. With `sft.backbones`, the pipeline runs once per
+    backbone, then the backbones' scores are published side by side."""
     config = load_config(config_path, overrides)
-    require_models(config)  # every model named is here, before any stage starts
-    check_inputs(config)  # and every input file holds usable prompts
+    backbones = config.backbone_configs()
+    for one in backbones.values():
+        require_models(one)  # every model named is here, before any stage starts
+        check_inputs(one)  # and every input file holds usable prompts
+    tables = {}
+    for i, (backbone, one) in enumerate(backbones.items(), 1):
+        if len(backbones) > 1:
+            get_run_logger().info("backbone %d of %d: %s", i, len(backbones), backbone)
+        tables[backbone] = run_backbone(one, stage)
+    if len(backbones) == 1:
+        return tables[config.sft.base_model]
+    if stage in (None, "evaluate", "report"):
+        publish_backbones(backbone_markdown(backbone_scores(backbone_evaluations(config), config.report), config.report))
+    return "\n\n".join(f"{backbone}:\n{table}" for backbone, table in tables.items())
+
+
+def run_backbone(config: PipelineConfig, stage: str | None) -> str:
+    """The pipeline (or one stage) for one backbone's config, with its run record and summary."""
+    logger = get_run_logger()
     store = open_store(config.store_root())
     plan = plan_pipeline(config)
     if stage is not None:

@@ -24,6 +24,32 @@ from semdpo_core.methods import DEFAULT_METHODS, METHODS, get_method
 from semdpo_core.sections import PRECISION_HELP, Precision, Section
 
 
+class PromptSource(Section):
+    """A dataset of prompts that `datasets.load_dataset` reads: a hub id, a local folder in a hub
+    layout, or a builder ("parquet", "json", "csv") with data_files; `layout` says which column holds
+    the prompt (DiffusionDB's `prompt`, Lexica's `Prompt`, COCO's `caption` or `sentences`)."""
+
+    path: str = Field(description="hub id, local folder, or builder name with data_files")
+    layout: Literal["diffusiondb", "lexica", "coco", "plain"] = "plain"
+    name: str | None = Field(None, description="the dataset's config name")
+    split: str = "train"
+    revision: str | None = Field(None, description="a commit or tag to pin; recorded either way")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    field: str | None = Field(None, description="JSON files: the key holding the rows (COCO's captions files: annotations)")
+    column: str | None = Field(None, description="the prompt's column, when not the layout's")
+
+
+class DataBuildConfig(Section):
+    """`semdpo data build`: the files data.train_prompts and data.test_prompts name, made from these
+    datasets (sizes: data.max_train_prompts, data.max_test_prompts; length: data.max_prompt_tokens)."""
+
+    train: list[PromptSource] = Field(min_length=1, description="pooled into one train set")
+    test: dict[str, PromptSource] = Field(description="one per data.test_prompts name")
+    word_filter: str | None = Field(None, description="a file of words or phrases, one a line: prompts holding one are dropped")
+    near_duplicate: float = Field(0.8, gt=0, le=1, description="a train prompt whose word set has this Jaccard "
+                                                               "similarity with a test prompt's is dropped")
+
+
 class DataConfig(Section):
     """Where prompts come from. `world:NAME` is a dataset of the synthetic world, `demo:NAME` the
     built-in demo set; anything else is a file."""
@@ -39,9 +65,12 @@ class DataConfig(Section):
     max_test_prompts: int | None = Field(64, ge=1, description="per evaluation dataset")
     max_prompt_tokens: int = Field(48, ge=1, description="longer prompts are reported and skipped")
     preference_pairs: str | None = Field(
-        None, description="your own pairs (prompt, chosen, rejected columns: TRL's format; Parquet, JSONL or CSV): "
-                          "the pipeline trains on them, skipping candidates, render and label"
+        None, description="your own pairs (prompt, chosen, rejected columns: TRL's format; Parquet, JSONL or CSV, "
+                          "or a dataset as hf:OWNER/NAME[@REVISION][:SPLIT]): the pipeline trains on them, "
+                          "skipping candidates, render and label"
     )
+
+    build: DataBuildConfig | None = Field(None, description="the datasets `semdpo data build` makes the prompt files from")
 
     def test_sets(self) -> dict[str, str]:
         """{dataset name: source} (see `named_test_sets`)."""
@@ -62,6 +91,10 @@ class SFTConfig(Section):
     """Supervised fine-tuning of the base rewriter on (original, rewrite) pairs."""
 
     base_model: str = "tiny:world-rewriter"
+    backbones: list[str] = Field(
+        [], description="more base models (paper Tables 5-7: a block per backbone): `semdpo run` runs the pipeline "
+        "once per backbone, this config with sft.base_model set to each, and `semdpo report` puts them in one report"
+    )
     epochs: int = Field(8, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
@@ -257,6 +290,9 @@ class EvaluateConfig(Section):
         return self
 
 
+PAPER_METHODS = ("human", "sft", "dpo", "kto", "beta_dpo", "orpo", "sem_dpo")  # the methods of Tables 5-7
+
+
 class ReportConfig(Section):
     """The evaluation report: the paper's tables and figures from the evaluate stage's rows."""
 
@@ -265,6 +301,10 @@ class ReportConfig(Section):
     preference_metrics: list[str] = Field(["aesthetic", "pick"], description="y axes of the scatter plots")
     average_over: list[str] | None = Field(
         None, description="metrics in the min-max normalised average (paper Tables 5-7); default every scorer"
+    )
+    normalise_over: list[str] | None = Field(
+        list(PAPER_METHODS), description="methods whose range normalises each metric in avg_score (the paper's "
+        "Tables 5-7 set); any other evaluated method is scored on that scale beside them; null: every method"
     )
     tie_tolerance: float = Field(1e-6, ge=0, description="|score difference| at or below this is a tie")
     drift_epsilon: float | None = Field(
@@ -317,6 +357,13 @@ class PipelineConfig(Section):
         if untrained:
             raise ValueError(f"evaluate.methods {untrained} are not in train.methods {self.train.methods}")
         return self
+
+    def backbone_configs(self) -> dict[str, PipelineConfig]:
+        """{base model: this config with sft.base_model set to it}, for sft.base_model and each of
+        sft.backbones; each runs exactly as a config naming that base model alone would."""
+        models = list(dict.fromkeys([self.sft.base_model, *self.sft.backbones]))
+        return {model: self.model_copy(update={"sft": self.sft.model_copy(update={"base_model": model, "backbones": []})})
+                for model in models}
 
     def store_root(self) -> str:
         """The store root: the config's, else $SEMDPO_STORE, else a folder in the user's cache."""

@@ -74,7 +74,9 @@ def scorer_needs(field: str, scorer: ScorerConfig) -> list[ModelNeed]:
 def model_needs(config: PipelineConfig) -> list[ModelNeed]:
     """Every model the stages of `config` load, in pipeline order (the fidelity scorer only when
     a trained method uses fidelity; no reward model when the user brings the pairs)."""
-    needs = [ModelNeed("sft.base_model", config.sft.base_model), ModelNeed("render.model", config.render.model)]
+    needs = [ModelNeed("sft.base_model", config.sft.base_model)]
+    needs += [ModelNeed("sft.backbones", model) for model in config.sft.backbones]
+    needs.append(ModelNeed("render.model", config.render.model))
     if not own_pairs(config):
         needs += scorer_needs("label.reward_model", config.label.reward_model)
     if uses_fidelity(config):

@@ -1,5 +1,6 @@
-"""Prompt sources as rows: the synthetic world's datasets, the built-in demo set and user files
-(Parquet, CSV, JSONL, plain text), and the digest of their bytes that fingerprints hash.
+"""Prompt sources as rows: the synthetic world's datasets, the built-in demo set, user files
+(Parquet, CSV, JSONL, plain text) and datasets that `datasets` loads (`hf:`), and the digest of
+their bytes that fingerprints hash.
 
 A file that cannot be read stops the run before any work starts, with an error that names the
 file and the line or column.
@@ -19,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from semdpo_core.hub_datasets import HUB_PREFIX, DatasetLoadError, hub_source_parquet
 from semdpo_core.world.sources import NAMES as WORLD_NAMES
 from semdpo_core.world.sources import PREFIX as WORLD_PREFIX
 from semdpo_core.world.sources import world_source
@@ -40,7 +42,8 @@ class Record:
 
 
 def source_bytes(source: str) -> tuple[str, bytes, str]:
-    """The (display name, raw bytes, format) of a source: `world:NAME`, `demo:NAME` or a file path."""
+    """The (display name, raw bytes, format) of a source: `world:NAME`, `demo:NAME`, a dataset
+    (`hf:OWNER/NAME[@REVISION][:SPLIT]`, its rows as Parquet) or a file path."""
     if source.startswith(WORLD_PREFIX):
         try:
             data, fmt = world_source(source.removeprefix(WORLD_PREFIX))
@@ -48,6 +51,11 @@ def source_bytes(source: str) -> tuple[str, bytes, str]:
             raise PromptFileError(f"unknown world dataset {source!r}; choose one of "
                                   f"{', '.join(WORLD_PREFIX + n for n in WORLD_NAMES)}") from None
         return source, data, fmt
+    if source.startswith(HUB_PREFIX):
+        try:
+            return source, hub_source_parquet(source), "parquet"
+        except DatasetLoadError as e:
+            raise PromptFileError(str(e)) from None
     if source.startswith("demo:"):
         name = source.removeprefix("demo:")
         if name not in DEMO_SETS:

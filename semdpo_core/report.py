@@ -52,10 +52,13 @@ def score_lists(evaluation: pa.Table) -> dict[tuple[str, str, str], list[float]]
     return out
 
 
-def score_table(evaluation: pa.Table, average_over: list[str] | None = None) -> pa.Table:
+def score_table(evaluation: pa.Table, average_over: list[str] | None = None,
+                normalise_over: list[str] | None = None) -> pa.Table:
     """REPORT_SCORES: mean/std per dataset x method x metric, each mean min-max normalised over the
-    dataset's methods (all equal: 1), and `avg_score` = the mean of the normalised means of
-    `average_over` (default every metric), as in the paper's Tables 5-7."""
+    dataset's methods in `normalise_over` (default all; all equal: 1), and `avg_score` = the mean of
+    the normalised means of `average_over` (default every metric), as in the paper's Tables 5-7.
+    A method outside `normalise_over` is put on the same scale beside them (it may fall below 0 or
+    above 1) and changes no other method's score."""
     lists = score_lists(evaluation)
     datasets = ordered([k[0] for k in lists])
     methods = ordered([k[1] for k in lists])
@@ -65,9 +68,11 @@ def score_table(evaluation: pa.Table, average_over: list[str] | None = None) -> 
     for dataset in datasets:
         means = {(method, metric): statistics.fmean(lists[(dataset, method, metric)])
                  for method in methods for metric in metrics if (dataset, method, metric) in lists}
+        core = [m for m in methods if normalise_over is None or m in normalise_over] or methods
         normalized = {}
         for metric in metrics:
-            values = [v for (_, m), v in means.items() if m == metric]
+            values = [v for (method, m), v in means.items() if m == metric and method in core] or \
+                     [v for (_, m), v in means.items() if m == metric]
             low, high = min(values), max(values)
             for method in methods:
                 if (method, metric) in means:
@@ -85,6 +90,14 @@ def score_table(evaluation: pa.Table, average_over: list[str] | None = None) -> 
                 rows.append(dict(dataset=dataset, method=method, metric=AVG, n=n, mean=statistics.fmean(parts),
                                  std=0.0, normalized=None))
     return pa.Table.from_pylist(rows, schema=REPORT_SCORES)
+
+
+def normalised_methods(methods: list[str], settings: Any, focus: str | None) -> list[str] | None:
+    """The methods inside the normalised average: `report.normalise_over` (the paper's set by
+    default) and the focus method (a sweep's chosen alpha); None: every method."""
+    if settings.normalise_over is None:
+        return None
+    return [m for m in methods if m in settings.normalise_over or m == focus]
 
 
 def token_stats(evaluation: pa.Table) -> list[dict[str, Any]]:
@@ -400,16 +413,17 @@ def build_report(
     `settings` is a ReportConfig; `scorers` maps each metric to its ScorerConfig (named in the
     report); `encoder` is the weigh stage's text encoder, which measured `semantic_distance`;
     `validation` holds the sweep runs' rows on the validation prompts when alpha is chosen."""
-    scores = score_table(evaluation, settings.average_over)
     methods = ordered(evaluation.column("method").to_pylist())
     datasets = ordered(evaluation.column("dataset").to_pylist())
-    metrics = ordered([r["metric"] for r in scores.to_pylist() if r["metric"] != AVG])
     selection = alpha_selection(validation, evaluation, settings.average_over) if validation is not None else None
     focus = focus_method(methods, settings.focus if settings.focus or selection is None else selection["chosen"])
+    normalised = normalised_methods(methods, settings, focus)
+    scores = score_table(evaluation, settings.average_over, normalised)
+    metrics = ordered([r["metric"] for r in scores.to_pylist() if r["metric"] != AVG])
     epsilon, drift = drift_stats(evaluation, settings.drift_epsilon)
     tables = {
         "scorers": {name: s.model_dump(exclude_none=True) for name, s in scorers.items()},
-        "datasets": datasets, "methods": methods, "focus": focus,
+        "datasets": datasets, "methods": methods, "focus": focus, "normalised_over": normalised,
         "tokens": token_stats(evaluation),
         "head_to_head": head_to_head(evaluation, focus, settings.tie_tolerance) if focus else [],
         "drift": {"epsilon": epsilon, "methods": drift},
@@ -445,17 +459,11 @@ def build_report(
 def markdown(scores: pa.Table, tables: dict[str, Any], links: dict[str, str]) -> str:
     """The report as markdown: every table, then links to the plots."""
     rows = scores.to_pylist()
-    metrics = ordered([r["metric"] for r in rows])
     out = ["# Sem-DPO evaluation report", "",
            "Every image is scored against the ORIGINAL prompt. Scorers: "
            + "; ".join(f"`{n}` = {s['kind']} {s['model']}" for n, s in tables["scorers"].items()) + ".", ""]
-    out += ["## Scores per dataset (mean; avg_score = mean of min-max normalised metrics, paper Tables 5-7)", "",
-            "| dataset | method | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
-    cell = {(r["dataset"], r["method"], r["metric"]): r["mean"] for r in rows}
-    for dataset in tables["datasets"]:
-        for method in tables["methods"]:
-            values = [cell.get((dataset, method, m)) for m in metrics]
-            out.append(f"| {dataset} | {method} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
+    out += ["## Scores per dataset (mean; avg_score = mean of min-max normalised metrics, paper Tables 5-7)", ""]
+    out += scores_markdown(rows, tables["datasets"], tables["methods"], tables.get("normalised_over"))
     datasets = tables["datasets"]
     out += ["", "## Rewritten-prompt token length (paper Tables 1-2)", "",
             "| method | N | mean | std | median | max | " + " | ".join(f"median {d}" for d in datasets) + " |",
@@ -481,6 +489,27 @@ def markdown(scores: pa.Table, tables: dict[str, Any], links: dict[str, str]) ->
         out.append("Drift was not measured (evaluate.drift_encoder is null).")
     out += ["", "## Plots", ""] + [f"- [{name}]({url}): {tables['plots'].get(name, '')}" for name, url in links.items()]
     return "\n".join(out) + "\n"
+
+
+def scores_markdown(rows: list[dict[str, Any]], datasets: list[str], methods: list[str],
+                    normalised_over: list[str] | None) -> list[str]:
+    """The scores table (a row per dataset and method), with a line on which methods the
+    normalised average is taken over; the others are marked as scored beside them."""
+    metrics = ordered([r["metric"] for r in rows])
+    beside = [] if normalised_over is None else [m for m in methods if m not in normalised_over]
+    out = []
+    if beside:
+        out += [f"avg_score normalises each metric over {', '.join(normalised_over)} (`report.normalise_over`); "
+                f"{', '.join(beside)} (marked *) are put on the same scale beside them, so they change no other row "
+                "and may fall below 0 or above 1.", ""]
+    out += ["| dataset | method | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    cell = {(r["dataset"], r["method"], r["metric"]): r["mean"] for r in rows}
+    for dataset in datasets:
+        for method in methods:
+            values = [cell.get((dataset, method, m)) for m in metrics]
+            shown = f"{method} *" if method in beside else method
+            out.append(f"| {dataset} | {shown} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
+    return out
 
 
 def alpha_selection_markdown(selection: dict[str, Any] | None) -> list[str]:

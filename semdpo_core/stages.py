@@ -135,7 +135,8 @@ def _render(config: PipelineConfig) -> dict[str, Any]:
 
 def prompts_settings(config: PipelineConfig) -> dict[str, Any]:
     """The data section, with the digest of every prompt file's bytes (an edited file reruns)."""
-    data = config.data.model_dump(exclude={"preference_pairs"})  # the pairs stage's, not the prompts'
+    # preference_pairs is the pairs stage's; build says how the files were made (their digests are hashed)
+    data = config.data.model_dump(exclude={"preference_pairs", "build"})
     data["digests"] = {
         "train_prompts": source_digest(config.data.train_prompts),
         "test_prompts": {name: source_digest(source) for name, source in config.data.test_sets().items()},
@@ -195,7 +196,8 @@ def reference_settings(config: PipelineConfig) -> dict[str, Any]:
 
 def sft_settings(config: PipelineConfig) -> dict[str, Any]:
     pairs = config.data.sft_pairs
-    return {"sft": config.sft.model_dump(), "pairs": Source(pairs, source_digest(pairs)), "seed": config.seed}
+    sft = config.sft.model_dump(exclude={"backbones"})  # each backbone runs as a config of its own
+    return {"sft": sft, "pairs": Source(pairs, source_digest(pairs)), "seed": config.seed}
 
 
 def train_settings(config: PipelineConfig, run: TrainRun) -> dict[str, Any]:

@@ -119,6 +119,15 @@ def publish_report(store: ArtifactStore, ref: DatasetRef) -> None:
         log.warning("could not publish the report artifacts: %s", e)
 
 
+def publish_backbones(markdown: str) -> None:
+    """The backbones side by side (`semdpo-backbones`, paper Tables 5-7); a view, never a failure."""
+    try:
+        create_markdown_artifact(key="semdpo-backbones", markdown=markdown,
+                                 description="each backbone's scores, normalised within its datasets")
+    except Exception as e:  # a view only: every backbone's report is in the store
+        log.warning("could not publish the backbones artifact: %s", e)
+
+
 def publish_report_artifacts(store: ArtifactStore, ref: DatasetRef) -> None:
     """One key each: `semdpo-report` (markdown), tables `semdpo-report-scores`, `-tokens`,
     `-head-to-head`, `-drift`, and `semdpo-plot-NAME` per plot (the image inline, its caption as

@@ -9,6 +9,7 @@ os.environ["SEMDPO_STORE"] = os.path.join(_root, "store")
 os.environ["PREFECT_HOME"] = os.path.join(_root, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_root, "datasets")
 os.environ["TQDM_DISABLE"] = "1"
 # S3 credentials for the local moto server only; never real ones.
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")

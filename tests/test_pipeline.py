@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -184,3 +185,37 @@ def test_a_prompts_candidates_share_their_render_seed_unless_told_otherwise(rend
     per_prompt = [len(s) for s in seeds.values()]
     assert per_prompt == ([1, 1] if render_seed == "per_prompt" else [3, 3])
     assert not seeds["p1"] & seeds["p2"]  # different prompts, different noise
+
+
+def test_several_backbones_run_in_turn_and_share_one_report(tmp_path, prefect_server):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.pipeline import pipeline
+    from semdpo_core.schemas import REPORT_SCORES
+
+    config = small_config(tmp_path, "backbones", sft={**SMALL["sft"], "backbones": ["tiny:gpt2"]})
+    pipeline(config_path=str(config))
+    cfg = load_config(config)
+    store = ArtifactStore(cfg.store_root())
+    backbones = cfg.backbone_configs()
+    assert list(backbones) == ["tiny:rewriter", "tiny:gpt2"]
+    # each backbone is the config naming that base model alone: the same outputs, found in the store
+    alone = load_config(config, ["sft.base_model=tiny:gpt2", "sft.backbones=[]"])
+    assert plan_pipeline(alone).outputs() == plan_pipeline(backbones["tiny:gpt2"]).outputs()
+    assert plan_pipeline(backbones["tiny:rewriter"]).ref("sft") != plan_pipeline(alone).ref("sft")
+
+    result = CliRunner().invoke(app, ["report", str(config), "--out", str(tmp_path / "side-by-side")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "side-by-side/report.md").read_text()
+    assert "## tiny:rewriter" in text and "## tiny:gpt2" in text and "| method | tiny:rewriter | tiny:gpt2 |" in text
+    combined = pq.read_table(tmp_path / "side-by-side/scores.parquet").to_pylist()
+    for backbone, one in backbones.items():
+        # a backbone's block is its own report's scores: normalised within (dataset, backbone)
+        own = store.read_table(plan_pipeline(one).ref("report"), REPORT_SCORES).to_pylist()
+        block = [{k: v for k, v in r.items() if k != "backbone"} for r in combined if r["backbone"] == backbone]
+        assert block == own
+        assert (tmp_path / f"side-by-side/plots/scatter-{backbone.replace(':', '-')}-demo-clip_score-vs-hps_v21.png").exists()
+    # a backbone not evaluated yet is named
+    result = CliRunner().invoke(app, ["report", str(config), "--set", "sft.backbones=[tiny:llama]"])
+    assert result.exit_code == 2 and "tiny:llama not evaluated" in result.output

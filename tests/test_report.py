@@ -59,6 +59,26 @@ def test_scores_and_min_max_normalised_average():
     assert [cell(only_clip, "A", m, "avg_score") for m in ("human", "dpo", "sem_dpo")] == pytest.approx([0.5, 0.0, 1.0])
 
 
+def test_a_method_outside_the_normalised_set_changes_no_other_score():
+    # ipo sets a new maximum of pick in A (25) and a new minimum of clip (.10)
+    extra = [("ipo", "A", "p1", 0.10, 25.0, 5, 0.5, 1.0, 1.0), ("ipo", "A", "p2", 0.10, 25.0, 5, 0.5, 1.0, 1.0),
+             ("ipo", "B", "q1", 0.30, 20.0, 5, 0.5, 1.0, 1.0)]
+    paper = ["human", "sft", "dpo", "kto", "beta_dpo", "orpo", "sem_dpo"]
+    alone, beside = score_table(evaluation()), score_table(evaluation(ROWS + extra), normalise_over=paper)
+    inside = score_table(evaluation(ROWS + extra))
+    for method in ("human", "dpo", "sem_dpo"):
+        assert cell(beside, "A", method, "avg_score") == pytest.approx(cell(alone, "A", method, "avg_score"))
+    assert cell(inside, "A", "dpo", "avg_score") != pytest.approx(cell(alone, "A", "dpo", "avg_score"))
+    # on the paper set's scale: clip (.10 - .23) / (.27 - .23), pick (25 - 21) / (22.5 - 21)
+    assert cell(beside, "A", "ipo", "clip", "normalized") == pytest.approx(-3.25)
+    assert cell(beside, "A", "ipo", "pick", "normalized") == pytest.approx(8 / 3)
+    scores, tables, _ = build_report(evaluation(ROWS + extra), ReportConfig(semantic_metric="clip", preference_metrics=["pick"]),
+                                     {}, "")
+    assert tables["normalised_over"] == ["human", "dpo", "sem_dpo"]
+    text = markdown(scores, tables, {})
+    assert "| A | ipo * |" in text and "ipo (marked *) are put on the same scale beside them" in text
+
+
 def test_head_to_head_win_tie_loss_pooled_over_datasets():
     h2h = {(r["versus"], r["metric"]): r for r in head_to_head(evaluation(), "sem_dpo", tie_tolerance=1e-6)}
     assert set(h2h) == {("human", "clip"), ("human", "pick"), ("dpo", "clip"), ("dpo", "pick")}

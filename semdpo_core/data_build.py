@@ -1,0 +1,371 @@
+"""`semdpo data build`: the prompt files that `data.train_prompts` and `data.test_prompts` name,
+made from the datasets users have (DiffusionDB's prompt metadata, a Lexica prompt collection,
+COCO captions), read with `datasets`.
+
+Each set is cleaned as the prompts stage cleans it; empty, word-listed and duplicate prompts are
+dropped, then the set is shuffled with the config's seed and filled to its size, skipping prompts
+too long for the rewriter (for any of the backbones). The train set is disjoint from every test set by exact and
+near-duplicate match. Every drop is counted. Each file is Parquet, with a record beside it
+(`NAME.build.json`): its sources and the revisions they resolved to, the filters, the counts and
+the file's sha256. An existing file with other contents is never replaced without `--force`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from semdpo_core.config import DataBuildConfig, PipelineConfig, PromptSource
+from semdpo_core.hub_datasets import HubDataset, load_hub
+from semdpo_core.prompt_files import PromptFileError, lines
+from semdpo_core.prompts import clean_text, token_limit
+
+log = logging.getLogger("semdpo.data")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a source keeps its prompts: the first of `columns` present; with a `groups` column
+    (an image id), one prompt per group, so that a test set has one caption per image."""
+
+    columns: tuple[str, ...]
+    groups: tuple[str, ...] = ()
+
+
+LAYOUTS = {
+    "diffusiondb": Layout(("prompt",)),  # metadata.parquet and the *_text_only configs
+    "lexica": Layout(("Prompt", "prompt")),  # Gustavosta/Stable-Diffusion-Prompts: Prompt
+    "coco": Layout(("caption", "sentences", "captions"), ("image_id", "cocoid", "imgid")),  # captions_*.json; Karpathy
+    "plain": Layout(("prompt", "text", "caption")),
+}
+
+
+@dataclass
+class Candidate:
+    """One cleaned prompt, its match key and where it came from."""
+
+    text: str
+    key: str
+    source: str
+    row: int
+
+
+@dataclass
+class BuiltSet:
+    """One set as built: its prompts, what was dropped and why, and the sources it read."""
+
+    name: str
+    path: Path
+    prompts: list[Candidate]
+    counts: Counter = field(default_factory=Counter)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+
+def match_key(text: str) -> str:
+    """The form two prompts are compared in: lower case, punctuation as spaces, whitespace collapsed."""
+    return " ".join(re.sub(r"[\W_]+", " ", text.lower()).split())
+
+
+class NearDuplicates:
+    """Whether a prompt is one of a set of prompts (the same match key) or nearly (word sets with a
+    Jaccard similarity of at least `threshold`); prefix filtering keeps it to a few comparisons."""
+
+    def __init__(self, keys: Iterable[str], threshold: float):
+        self.keys = set(keys)
+        self.threshold = threshold
+        self.sets = [frozenset(k.split()) for k in self.keys]
+        self.frequency = Counter(w for words in self.sets for w in words)
+        self.index: dict[str, list[int]] = defaultdict(list)
+        for i, words in enumerate(self.sets):
+            for w in self._prefix(words):
+                self.index[w].append(i)
+
+    def _prefix(self, words: frozenset[str]) -> list[str]:
+        """The rarest words: a set sharing none of them cannot reach the threshold with this one."""
+        ordered = sorted(words, key=lambda w: (self.frequency.get(w, 0), w))
+        return ordered[: len(words) - math.ceil(self.threshold * len(words) - 1e-9) + 1]
+
+    def match(self, key: str) -> str | None:
+        """"same" or "near" when the prompt is (nearly) one of the set, else None."""
+        if key in self.keys:
+            return "same"
+        words = frozenset(key.split())
+        for w in self._prefix(words) if words else ():
+            for i in self.index.get(w, ()):
+                other = self.sets[i]
+                if len(words & other) >= self.threshold * len(words | other) - 1e-9:
+                    return "near"
+        return None
+
+
+# --- reading and cleaning a source -----------------------------------------------------------------
+
+
+def hub_dataset(source: PromptSource) -> HubDataset:
+    options = {"field": source.field} if source.field else {}
+    return HubDataset(source.path, source.name, source.split, source.revision, source.data_files, options)
+
+
+def prompt_column(source: PromptSource, columns: list[str], where: str) -> str:
+    """The column holding the prompt: the config's, or the layout's first that the dataset has."""
+    wanted = (source.column,) if source.column else LAYOUTS[source.layout].columns
+    for column in wanted:
+        if column in columns:
+            return column
+    raise PromptFileError(f"{where}: no prompt column {' or '.join(map(repr, wanted))}; the dataset has {columns}; "
+                          "set its `column` or `layout`")
+
+
+def as_text(value: Any) -> str | None:
+    """A prompt cell as text: a string, or the first caption of a list (of strings or {raw: ...})."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if isinstance(value, dict):
+        value = value.get("raw")
+    return value if isinstance(value, str) else None
+
+
+def read_source(source: PromptSource, where: str, counts: Counter) -> tuple[list[tuple[int, str]], dict[str, Any]]:
+    """(row, raw prompt) of every row (one per image where the layout groups captions), and the
+    provenance to record: the load's arguments and the revision it resolved to."""
+    spec = hub_dataset(source)
+    log.info("%s: loading %s", where, spec)
+    dataset, resolved = load_hub(spec)
+    column = prompt_column(source, dataset.column_names, f"{where} ({spec})")
+    group = next((g for g in LAYOUTS[source.layout].groups if g in dataset.column_names), None)
+    values = dataset[column]
+    groups = dataset[group] if group else [None] * len(values)
+    rows, seen = [], set()
+    for row, (value, image) in enumerate(zip(values, groups, strict=True)):
+        if image is not None:
+            if image in seen:
+                counts["same image"] += 1
+                continue
+            seen.add(image)
+        text = as_text(value)
+        if text is None:
+            counts["empty"] += 1
+            continue
+        rows.append((row, text))
+    counts["read"] += len(values)
+    record = {**source.model_dump(exclude_none=True), "column": column, "resolved": resolved, "rows": len(values),
+              **({"data_file_sha256": local_digests(source.data_files)} if source.data_files else {})}
+    return rows, record
+
+
+def local_digests(data_files: Any) -> dict[str, str]:
+    """sha256 of each local data file (remote ones are pinned by the revision instead)."""
+    names = [data_files] if isinstance(data_files, str) else (
+        [f for fs in data_files.values() for f in ([fs] if isinstance(fs, str) else fs)]
+        if isinstance(data_files, dict) else list(data_files))
+    return {name: sha256(Path(name)) for name in names if Path(name).is_file()}
+
+
+def clean(rows: list[tuple[int, str]], label: str, words: list[str], seen: set[str], counts: Counter) -> list[Candidate]:
+    """Cleaned prompts without empty, word-listed or duplicate ones (`seen`: match keys so far)."""
+    kept = []
+    for row, raw in tqdm(rows, desc=f"cleaning {label}", unit="prompt", mininterval=5):
+        text = clean_text(raw)
+        key = match_key(text)
+        if not key:
+            counts["empty"] += 1
+        elif words and any(f" {w} " in f" {key} " for w in words):
+            counts["word filter"] += 1
+        elif key in seen:
+            counts["duplicate"] += 1
+        else:
+            seen.add(key)
+            kept.append(Candidate(text, key, label, row))
+    return kept
+
+
+def fill(candidates: list[Candidate], size: int | None, seed: int, too_long: Callable[[str], int | None],
+         counts: Counter) -> list[Candidate]:
+    """`size` prompts drawn in a seeded shuffle, skipping those too long for the rewriter."""
+    order = list(candidates)
+    random.Random(seed).shuffle(order)
+    chosen = []
+    for candidate in order:
+        if size is not None and len(chosen) == size:
+            break
+        counts["examined"] += 1
+        if too_long(candidate.text) is not None:
+            counts["too long"] += 1
+        else:
+            chosen.append(candidate)
+    return chosen
+
+
+# --- the build -------------------------------------------------------------------------------------
+
+
+def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
+    """Make every test set, then the train set disjoint from them, and write each with its record."""
+    # 1. what to build, and where: every output a Parquet file data.* names
+    build = required_build(config)
+    d = config.data
+    outputs = {"train": output_path(d.train_prompts, "data.train_prompts")}
+    outputs.update({name: output_path(source, f"data.test_prompts.{name}") for name, source in d.test_sets().items()})
+    words = word_list(build.word_filter)
+    too_long = longest_of([token_limit(model, d.max_prompt_tokens) for model in config.backbone_configs()])
+
+    # 2. the test sets, each from its own source
+    sets = []
+    for name, source in build.test.items():
+        built = BuiltSet(name, outputs[name], [])
+        rows, record = read_source(source, f"data.build.test.{name}", built.counts)
+        built.sources.append(record)
+        cleaned = clean(rows, str(hub_dataset(source)), words, set(), built.counts)
+        built.prompts = fill(cleaned, d.max_test_prompts, config.seed, too_long, built.counts)
+        sets.append(built)
+
+    # 3. the train set: every train source pooled, no prompt (nearly) in a test set
+    train = BuiltSet("train", outputs["train"], [])
+    tests = NearDuplicates((p.key for s in sets for p in s.prompts), build.near_duplicate)
+    pool: list[Candidate] = []
+    seen: set[str] = set()
+    for i, source in enumerate(build.train):
+        rows, record = read_source(source, f"data.build.train[{i}]", train.counts)
+        train.sources.append(record)
+        pool += clean(rows, str(hub_dataset(source)), words, seen, train.counts)
+    disjoint = []
+    for candidate in tqdm(pool, desc="test overlap", unit="prompt", mininterval=5):
+        match = tests.match(candidate.key)
+        if match:
+            train.counts["in a test set" if match == "same" else "near a test prompt"] += 1
+        else:
+            disjoint.append(candidate)
+    size = None if d.max_train_prompts is None else d.max_train_prompts + validation_size(config)
+    train.prompts = fill(disjoint, size, config.seed, too_long, train.counts)
+    sets.append(train)
+
+    # 4. every file checked, then written, each with its record beside it
+    filters = {"tokenizers": list(config.backbone_configs()), "max_prompt_tokens": d.max_prompt_tokens, "seed": config.seed,
+               "near_duplicate": build.near_duplicate, "word_filter": word_filter_record(build.word_filter, words)}
+    files = {built.name: parquet_bytes(set_table(built, d.prompt_column)) for built in sets}
+    for built in sets:
+        wanted = size if built.name == "train" else d.max_test_prompts
+        if wanted is not None and len(built.prompts) < wanted:
+            log.warning("%s: only %d prompts left of the %d asked for", built.name, len(built.prompts), wanted)
+        built.counts["kept"] = len(built.prompts)
+        if built.path.exists() and sha256(built.path) != digest(files[built.name]) and not force:
+            raise PromptFileError(f"{built.path} exists with other contents; move it away or pass --force to replace it")
+    for built in sets:
+        write_set(built, files, filters)
+    return sets
+
+
+def longest_of(limits: list[Callable[[str], int | None]]) -> Callable[[str], int | None]:
+    """Too long for any backbone's tokenizer: every backbone's prompts stage keeps the same prompts."""
+    def too_long(text: str) -> int | None:
+        return max((n for n in (limit(text) for limit in limits) if n is not None), default=None)
+    return too_long
+
+
+def required_build(config: PipelineConfig) -> DataBuildConfig:
+    build = config.data.build
+    if build is None:
+        raise PromptFileError("data.build is not set: name the datasets to build the prompt files from "
+                              "(configs/paper.yaml has the paper's)")
+    missing = sorted(set(config.data.test_sets()) ^ set(build.test))
+    if missing:
+        raise PromptFileError(f"data.build.test and data.test_prompts must name the same sets; they differ in {missing}")
+    return build
+
+
+def output_path(source: str, where: str) -> Path:
+    path = Path(source).expanduser()
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        raise PromptFileError(f"{where} is {source!r}: data build writes Parquet; name a .parquet file")
+    return path
+
+
+def validation_size(config: PipelineConfig) -> int:
+    """Training prompts the prompts stage holds out to choose alpha, on top of the train set."""
+    return config.train.validation_prompts if config.train.chooses_alpha() else 0
+
+
+def word_list(path: str | None) -> list[str]:
+    """The word filter's words and phrases (match keys; `#` starts a comment)."""
+    if path is None:
+        return []
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as e:
+        raise PromptFileError(f"{path} (data.build.word_filter): cannot read it ({e.strerror})") from None
+    words = [match_key(line.split("#", 1)[0]) for line in lines(text)]
+    return [w for w in words if w]
+
+
+def word_filter_record(path: str | None, words: list[str]) -> dict[str, Any] | None:
+    return None if path is None else {"path": path, "sha256": sha256(Path(path).expanduser()), "entries": len(words)}
+
+
+def sha256(path: Path) -> str:
+    return digest(path.read_bytes())
+
+
+def set_table(built: BuiltSet, column: str) -> pa.Table:
+    """A built set's rows: the prompt, and the source and row it came from."""
+    return pa.table({column: [p.text for p in built.prompts], "source": [p.source for p in built.prompts],
+                     "source_row": pa.array([p.row for p in built.prompts], pa.int64())})
+
+
+def write_set(built: BuiltSet, files: dict[str, bytes], filters: dict[str, Any]) -> None:
+    """The set's Parquet file and its record: sources, filters, counts, the file's sha256 (and for
+    the train set, those of the test sets it is disjoint from)."""
+    record = {
+        "built_by": f"semdpo data build (semdpo {version('semdpo')}, datasets {version('datasets')})",
+        "set": built.name, "file": str(built.path), "sha256": digest(files[built.name]), "rows": len(built.prompts),
+        "sources": built.sources, "filters": filters, "counts": dict(built.counts),
+    }
+    if built.name == "train":
+        record["disjoint_from"] = {name: digest(data) for name, data in files.items() if name != "train"}
+    atomic_write(built.path, files[built.name])
+    atomic_write(record_path(built.path), (json.dumps(record, indent=2, default=str) + "\n").encode())
+    log.info("%s: %d prompts -> %s (%s)", built.name, len(built.prompts), built.path,
+             ", ".join(f"{n:,} {why}" for why, n in built.counts.items()))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def record_path(path: Path) -> Path:
+    """Where a built file's record lives: NAME.build.json beside NAME.parquet."""
+    return path.with_suffix(".build.json")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary beside it: a killed build leaves the old file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,201 @@
+"""`semdpo data build`: prompt files from datasets in DiffusionDB's, Lexica's and COCO's real
+layouts (small local copies read through `datasets`), with counts known in advance, a train set
+disjoint from every test set, and the record of what was read."""
+
+import itertools
+import json
+import random
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from semdpo_core.config import PromptSource, load_config
+from semdpo_core.data_build import NearDuplicates, build_data, match_key, read_source, record_path
+from semdpo_core.pairs import own_pairs_table
+from semdpo_core.prompt_files import PromptFileError, source_digest
+from semdpo_core.prompts import check_inputs, prompt_table, token_limit
+
+LONG = " ".join(["word"] * 60)  # over data.max_prompt_tokens (48) in the default rewriter's tokens
+LEXICA_TEST = ["a castle on a hill at dawn", "A castle on a hill, at dawn!", "   ", LONG, "portrait of a nsfw model",
+               "an astronaut riding a horse on mars", "a bowl of ramen, studio lighting",
+               "cyberpunk street market at night neon", "a watercolor fox in the snow", "an old lighthouse in a storm"]
+LEXICA_TRAIN = ["a dragon made of glass", "a quiet forest lake, morning mist", "a robot painting a sunflower"]
+DIFFUSIONDB = ["An astronaut riding a horse on Mars",            # a test prompt: other case
+               "an astronaut riding a white horse on mars",      # near it: Jaccard 7/8
+               "an astronaut riding a camel on the moon",        # not near: Jaccard 5/10
+               "a dragon made of glass", "a dragon made of glass",  # a duplicate, and one of Lexica's train prompts
+               "", LONG, "steampunk airship over london", "a cat wearing a tiny hat", "nsfw thing"]
+COCO = [(1, "A man riding a bike down a street."), (1, "a person on a bicycle in the city"),
+        (2, "Two dogs play in the park."), (2, "dogs playing on grass"), (3, "A plate of food on a table."),
+        (4, "Two dogs play in the park."), (5, "A red bus parked by the curb.")]
+
+
+def write_sources(root):
+    """The three layouts: Lexica as a hub-layout folder (Prompt, train and test splits), DiffusionDB's
+    metadata.parquet, and COCO's captions_val2014.json (images and annotations)."""
+    (root / "lexica/data").mkdir(parents=True)
+    pq.write_table(pa.table({"Prompt": LEXICA_TEST}), root / "lexica/data/test-00000-of-00001.parquet")
+    pq.write_table(pa.table({"Prompt": LEXICA_TRAIN}), root / "lexica/data/train-00000-of-00001.parquet")
+    n = len(DIFFUSIONDB)
+    pq.write_table(pa.table({
+        "image_name": [f"{i}.png" for i in range(n)], "prompt": DIFFUSIONDB, "part_id": [1] * n, "seed": list(range(n)),
+        "step": [50] * n, "cfg": [7.0] * n, "sampler": ["k_lms"] * n, "width": [512] * n, "height": [512] * n,
+        "user_name": ["u"] * n, "image_nsfw": [0.1] * n, "prompt_nsfw": [0.1] * n,
+    }), root / "metadata.parquet")
+    (root / "captions_val2014.json").write_text(json.dumps({
+        "info": {}, "images": [{"id": i} for i in range(1, 6)],
+        "annotations": [{"image_id": image, "id": k, "caption": c} for k, (image, c) in enumerate(COCO)],
+    }))
+    (root / "words.txt").write_text("# dropped wherever they appear\nnsfw\n")
+
+
+def write_config(tmp_path, max_train=100, max_test=100, seed=0):
+    src, out = tmp_path / "src", tmp_path / "out"
+    config = {"seed": seed, "data": {
+        "train_prompts": str(out / "train.parquet"),
+        "test_prompts": {"lexica": str(out / "lexica_test.parquet"), "coco": str(out / "coco_test.parquet")},
+        "max_train_prompts": max_train, "max_test_prompts": max_test,
+        "build": {
+            "train": [{"layout": "diffusiondb", "path": "parquet", "data_files": str(src / "metadata.parquet")},
+                      {"layout": "lexica", "path": str(src / "lexica"), "split": "train"}],
+            "test": {"lexica": {"layout": "lexica", "path": str(src / "lexica"), "split": "test"},
+                     "coco": {"layout": "coco", "path": "json", "data_files": str(src / "captions_val2014.json"),
+                              "field": "annotations"}},
+            "word_filter": str(src / "words.txt"),
+        }}}
+    path = tmp_path / f"config-{max_train}-{seed}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def sources(tmp_path):
+    write_sources(tmp_path / "src")
+    return tmp_path
+
+
+def prompts(path):
+    return pq.read_table(path).column("prompt").to_pylist()
+
+
+def test_counts_on_sources_where_they_are_known(sources):
+    built = {s.name: s for s in build_data(load_config(write_config(sources)))}
+    assert dict(built["lexica"].counts) == {"read": 10, "duplicate": 1, "empty": 1, "word filter": 1,
+                                            "examined": 7, "too long": 1, "kept": 6}
+    assert dict(built["coco"].counts) == {"read": 7, "same image": 2, "duplicate": 1, "examined": 4, "kept": 4}
+    assert dict(built["train"].counts) == {"read": 13, "duplicate": 2, "empty": 1, "word filter": 1, "in a test set": 1,
+                                           "near a test prompt": 1, "examined": 7, "too long": 1, "kept": 6}
+    assert sorted(prompts(sources / "out/train.parquet")) == sorted([
+        "an astronaut riding a camel on the moon", "a dragon made of glass", "steampunk airship over london",
+        "a cat wearing a tiny hat", "a quiet forest lake, morning mist", "a robot painting a sunflower"])
+    assert sorted(prompts(sources / "out/coco_test.parquet")) == sorted([
+        "A man riding a bike down a street.", "Two dogs play in the park.", "A plate of food on a table.",
+        "A red bus parked by the curb."])  # one caption per image, the first
+
+    # no train prompt is, or nearly is, a test prompt: checked here by brute force
+    test = [match_key(p) for name in ("lexica", "coco") for p in prompts(sources / f"out/{name}_test.parquet")]
+    for p in prompts(sources / "out/train.parquet"):
+        words = set(match_key(p).split())
+        assert all(len(words & set(t.split())) / len(words | set(t.split())) < 0.8 for t in test), p
+
+    # the record beside each file: what was read (and what it resolved to), the filters, the file's digest
+    record = json.loads(record_path(sources / "out/train.parquet").read_text())
+    assert record["sha256"] == source_digest(str(sources / "out/train.parquet")) and record["rows"] == 6
+    assert [s["layout"] for s in record["sources"]] == ["diffusiondb", "lexica"]
+    assert record["sources"][0]["column"] == "prompt" and record["sources"][1]["column"] == "Prompt"
+    assert all(s["resolved"] for s in record["sources"]) and record["filters"]["word_filter"]["entries"] == 1
+    assert record["disjoint_from"] == {name: source_digest(str(sources / f"out/{name}_test.parquet"))
+                                       for name in ("lexica", "coco")}
+
+
+def test_built_files_are_what_the_prompts_stage_reads(sources):
+    config = load_config(write_config(sources, max_train=4, max_test=3))
+    build_data(config)
+    check_inputs(config)
+    too_long = token_limit(config.sft.base_model, config.data.max_prompt_tokens)
+    table = prompt_table(config.data.train_prompts, config.data.test_sets(), "prompt", 4, 3, too_long)
+    assert table.column("dataset").to_pylist() == ["train"] * 4 + ["lexica"] * 3 + ["coco"] * 3
+
+
+def test_a_seed_draws_the_same_sets_and_another_seed_others(sources):
+    first = build_data(load_config(write_config(sources, max_train=3, max_test=3, seed=0)))
+    again = build_data(load_config(write_config(sources, max_train=3, max_test=3, seed=0)))
+    assert [[p.text for p in s.prompts] for s in first] == [[p.text for p in s.prompts] for s in again]
+    drawn = {tuple(p.text for p in build_data(load_config(write_config(sources, 3, 3, seed)), force=True)[-1].prompts)
+             for seed in range(6)}
+    assert len(drawn) > 1 and all(len(d) == 3 for d in drawn)
+
+
+def test_an_existing_file_with_other_contents_is_kept_unless_forced(sources):
+    config = load_config(write_config(sources))
+    (sources / "out").mkdir()
+    (sources / "out/coco_test.parquet").write_bytes(b"my own file")
+    with pytest.raises(PromptFileError, match=r"coco_test.parquet exists with other contents.*--force"):
+        build_data(config)
+    assert (sources / "out/coco_test.parquet").read_bytes() == b"my own file"
+    assert not (sources / "out/train.parquet").exists()  # checked before anything is written
+    build_data(config, force=True)
+    build_data(config)  # the same contents again: nothing to refuse
+    assert len(prompts(sources / "out/coco_test.parquet")) == 4
+
+
+def test_the_command_prints_each_set_and_refuses_a_config_without_build(sources):
+    result = CliRunner().invoke(app, ["data", "build", str(write_config(sources))])
+    assert result.exit_code == 0, result.output
+    assert "train: 6 prompts" in result.output and "1 near a test prompt" in result.output
+    result = CliRunner().invoke(app, ["data", "build", str(write_config(sources)), "--set", "data.build=null"])
+    assert result.exit_code == 2 and "error: data.build is not set" in result.output
+    path = write_config(sources)
+    config = yaml.safe_load(path.read_text())
+    config["data"]["build"]["test"]["coco"]["column"] = "text"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = CliRunner().invoke(app, ["data", "build", str(path)])
+    assert result.exit_code == 2 and "no prompt column 'text'" in result.output and "'caption'" in result.output
+
+
+def test_near_duplicates_agree_with_brute_force():
+    rng = random.Random(0)
+    vocabulary = [f"w{i}" for i in range(12)]
+    keys = [" ".join(rng.sample(vocabulary, rng.randint(1, 7))) for _ in range(60)]
+    for threshold in (0.5, 0.7, 0.8, 1.0):
+        index = NearDuplicates(keys[:30], threshold)
+        for key in keys[30:] + [" ".join(c) for c in itertools.combinations(vocabulary[:5], 3)]:
+            words = set(key.split())
+            expected = key in keys[:30] or any(
+                len(words & set(t.split())) / len(words | set(t.split())) >= threshold for t in keys[:30])
+            assert (index.match(key) is not None) == expected, (threshold, key)
+
+
+def test_pairs_from_a_dataset_read_as_from_a_file(tmp_path):
+    rows = {"prompt": ["a red fox", "a castle"], "chosen": ["a red fox, golden hour", "a castle at dawn, detailed"],
+            "rejected": ["a fox", "castle"]}
+    (tmp_path / "pairs/data").mkdir(parents=True)
+    pq.write_table(pa.table(rows), tmp_path / "pairs/data/train-00000-of-00001.parquet")
+    pq.write_table(pa.table(rows), tmp_path / "pairs.parquet")
+    hub = own_pairs_table(f"hf:{tmp_path / 'pairs'}:train")
+    assert hub.to_pylist() == own_pairs_table(str(tmp_path / "pairs.parquet")).to_pylist()
+    assert source_digest(f"hf:{tmp_path / 'pairs'}") == source_digest(f"hf:{tmp_path / 'pairs'}:train")
+    with pytest.raises(PromptFileError, match=r"datasets could not load it.*split"):
+        own_pairs_table(f"hf:{tmp_path / 'pairs'}:validation")
+
+
+def test_karpathy_coco_rows_give_one_caption_per_image(tmp_path):
+    """COCO in the Karpathy layout (one row per image with a list of sentences, or one row per
+    sentence as {raw: ...}): the first caption of each image."""
+    (tmp_path / "lists/data").mkdir(parents=True)
+    pq.write_table(pa.table({"cocoid": [7, 8], "sentences": [["a dog on a sofa", "a brown dog"], ["a kite"]]}),
+                   tmp_path / "lists/data/test-00000-of-00001.parquet")
+    (tmp_path / "structs/data").mkdir(parents=True)
+    pq.write_table(pa.table({"cocoid": [7, 7, 8], "sentences": [{"raw": "a dog on a sofa"}, {"raw": "a brown dog"},
+                                                                 {"raw": "a kite"}]}),
+                   tmp_path / "structs/data/test-00000-of-00001.parquet")
+    for folder in ("lists", "structs"):
+        counts = Counter()
+        rows, record = read_source(PromptSource(path=str(tmp_path / folder), layout="coco", split="test"), "t", counts)
+        assert [text for _, text in rows] == ["a dog on a sofa", "a kite"] and record["column"] == "sentences"
+        assert counts["same image"] == (1 if folder == "structs" else 0)
