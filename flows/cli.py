@@ -287,8 +287,11 @@ def data_build(
     (DiffusionDB, Lexica, COCO captions, ...): cleaned, deduplicated, sized, train disjoint from test."""
     from semdpo_core.config import load_config
     from semdpo_core.data_build import build_data, record_path
+    from semdpo_core.model_needs import require_models, tokenizer_needs
 
-    for built in build_data(load_config(config, set_), force):
+    cfg = load_config(config, set_)
+    require_models(cfg, tokenizer_needs(cfg))  # over-long prompts are counted in every backbone's tokens
+    for built in build_data(cfg, force):
         dropped = ", ".join(f"{n:,} {why}" for why, n in built.counts.items() if why not in ("read", "kept", "examined"))
         typer.echo(f"{built.name}: {len(built.prompts):,} prompts -> {built.path} (of {built.counts['read']:,} read; "
                    f"dropped: {dropped or 'none'}; record: {record_path(built.path)})")

@@ -222,6 +222,10 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
     d = config.data
     outputs = {"train": output_path(d.train_prompts, "data.train_prompts")}
     outputs.update({name: output_path(source, f"data.test_prompts.{name}") for name, source in d.test_sets().items()})
+    shared = [path for path in set(outputs.values()) if list(outputs.values()).count(path) > 1]
+    if shared:
+        raise PromptFileError(f"{shared[0]} is named for several sets ("
+                              f"{', '.join(n for n, p in outputs.items() if p == shared[0])}): give each its own file")
     words = word_list(build.word_filter)
     too_long = longest_of([token_limit(model, d.max_prompt_tokens) for model in config.backbone_configs()])
 

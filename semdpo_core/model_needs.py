@@ -91,6 +91,13 @@ def model_needs(config: PipelineConfig) -> list[ModelNeed]:
     return [n for n in needs if not n.ref.startswith(BUILT_HERE)]
 
 
+def tokenizer_needs(config: PipelineConfig) -> list[ModelNeed]:
+    """The rewriters' tokenizers alone: what `semdpo data build` reads to drop over-long prompts."""
+    needs = [processor_need("sft.base_model", config.sft.base_model)]
+    needs += [processor_need("sft.backbones", model) for model in config.sft.backbones]
+    return [n for n in needs if not n.ref.startswith(BUILT_HERE)]
+
+
 def missing_files(need: ModelNeed) -> list[str] | None:
     """None when the need is met here; else what is missing (['*'] for the whole folder or repo)."""
     if need.ref in PACKAGED and locate(need.ref) != need.ref:
@@ -114,9 +121,9 @@ def model_status(config: PipelineConfig) -> list[tuple[ModelNeed, list[str] | No
     return [(need, missing_files(need)) for need in model_needs(config)]
 
 
-def unmet(config: PipelineConfig) -> list[tuple[ModelNeed, list[str]]]:
+def unmet(needs: list[ModelNeed]) -> list[tuple[ModelNeed, list[str]]]:
     """The needs this machine does not meet, each with what is missing."""
-    return [(need, missing) for need, missing in model_status(config) if missing is not None]
+    return [(need, missing) for need in needs if (missing := missing_files(need)) is not None]
 
 
 def by_repo(needs: list[ModelNeed]) -> dict[str, tuple[set[str] | None, set[str], list[str]]]:
@@ -137,10 +144,10 @@ def fetch_command(missing: list[tuple[ModelNeed, list[str]]]) -> str:
     return " && ".join(download_command(ref, files, include) for ref, (files, include, _) in repos.items())
 
 
-def require_models(config: PipelineConfig) -> None:
-    """Stop before any stage starts when a model the config names is not on this machine: the
-    error names each config field and gives the command that fetches what is missing."""
-    missing = unmet(config)
+def require_models(config: PipelineConfig, needs: list[ModelNeed] | None = None) -> None:
+    """Stop before any stage starts when a model the config names (or one of `needs`) is not on
+    this machine: the error names each config field and gives the command that fetches what is missing."""
+    missing = unmet(model_needs(config) if needs is None else needs)
     if not missing:
         return
     lines = [f"  {need.field}: {need.ref} ({'not here' if files == ['*'] else 'lacks ' + ', '.join(files)})"

@@ -33,6 +33,9 @@ def stage_status(store: ArtifactStore, label: str, ref: DatasetRef) -> StageStat
 
 
 def pipeline_status(config: PipelineConfig) -> list[StageStatus]:
-    """The status of every planned output of `config`, in pipeline order."""
+    """The status of every planned output of `config`, in pipeline order (each backbone's in turn,
+    labelled with it when there are several)."""
     store = ArtifactStore(config.store_root())
-    return [stage_status(store, label, ref) for label, ref in plan_pipeline(config).outputs()]
+    backbones = config.backbone_configs()
+    return [stage_status(store, label if len(backbones) == 1 else f"{label} [{model}]", ref)
+            for model, one in backbones.items() for label, ref in plan_pipeline(one).outputs()]

@@ -29,8 +29,9 @@ class Garbage:
 
 
 def referenced(configs: list[PipelineConfig]) -> set[DatasetRef]:
-    """Every output the configs' plans name."""
-    return {ref for config in configs for _, ref in plan_pipeline(config).outputs()}
+    """Every output the configs' plans name, for each backbone a config trains (sft.backbones)."""
+    return {ref for config in configs for one in config.backbone_configs().values()
+            for _, ref in plan_pipeline(one).outputs()}
 
 
 def find_garbage(store: ArtifactStore, configs: list[PipelineConfig]) -> list[Garbage]:

@@ -156,6 +156,12 @@ def test_the_command_prints_each_set_and_refuses_a_config_without_build(sources)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     result = CliRunner().invoke(app, ["data", "build", str(path)])
     assert result.exit_code == 2 and "no prompt column 'text'" in result.output and "'caption'" in result.output
+    result = CliRunner().invoke(app, ["data", "build", str(write_config(sources)), "--set",
+                                      f"data.test_prompts.coco={sources / 'out' / 'train.parquet'}"])
+    assert result.exit_code == 2 and "named for several sets (train, coco)" in result.output, result.output
+    absent = str(sources / "no-such-model")
+    result = CliRunner().invoke(app, ["data", "build", str(write_config(sources)), "--set", f"sft.backbones=[{absent}]"])
+    assert result.exit_code == 2 and f"sft.backbones: {absent} (not here)" in result.output, result.output
 
 
 def test_near_duplicates_agree_with_brute_force():

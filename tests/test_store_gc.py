@@ -53,3 +53,13 @@ def test_gc_lists_then_removes_only_what_no_config_needs(tmp_path):
 def test_gc_delete_needs_the_configs_named(tmp_path):
     result = CliRunner().invoke(app, ["gc", "--delete"])
     assert result.exit_code == 2 and "needs every config that uses the store named" in result.output
+
+
+def test_gc_keeps_every_backbones_outputs(tmp_path):
+    from semdpo_core.store_gc import referenced
+
+    config = load_config(WORLD, [f"store={tmp_path}", "sft.backbones=[tiny:gpt2]"])
+    alone = load_config(WORLD, [f"store={tmp_path}", "sft.base_model=tiny:gpt2"])
+    own = {ref for _, ref in plan_pipeline(alone).outputs()}
+    assert own - {ref for _, ref in plan_pipeline(config).outputs()}  # the second backbone trains other outputs
+    assert own <= referenced([config])
