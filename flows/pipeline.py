@@ -80,7 +80,7 @@ def pipeline(config_path: str | None = None, overrides: list[str] | None = None,
     if len(backbones) == 1:
         return tables[config.sft.base_model]
     if stage in (None, "evaluate", "report"):
-        publish_backbones(backbone_markdown(backbone_scores(backbone_evaluations(config), config.report), config.report))
+        publish_backbones(backbone_markdown(backbone_scores(backbone_evaluations(config), config.report)))
     return "\n\n".join(f"{backbone}:\n{table}" for backbone, table in tables.items())
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +23,32 @@ import pyarrow.parquet as pq
 from semdpo_core.config import PipelineConfig, ReportConfig
 from semdpo_core.context import open_store
 from semdpo_core.plan import plan_pipeline
-from semdpo_core.report import AVG, focus_method, normalised_methods, ordered, scatter_png, score_table, scores_markdown
+from semdpo_core.report import (AVG, alpha_selection, normalised_methods, ordered, report_focus, scatter_png, score_table,
+                                scores_markdown)
 from semdpo_core.schemas import EVALUATION
 from semdpo_core.store import DatasetMissing
 
 
-def backbone_evaluations(config: PipelineConfig) -> dict[str, pa.Table]:
-    """{backbone: its EVALUATION rows}; a backbone not evaluated yet is an error that says so."""
+@dataclass
+class BackboneScores:
+    """One backbone's REPORT_SCORES, the method its report focuses on and those its average is over."""
+
+    table: pa.Table
+    focus: str | None
+    normalised_over: list[str] | None
+
+
+def backbone_evaluations(config: PipelineConfig) -> dict[str, tuple[pa.Table, pa.Table | None]]:
+    """{backbone: (its EVALUATION rows, its sweep's validation rows when alpha is chosen)}; a
+    backbone not evaluated yet is an error that says so."""
     out, missing = {}, []
     for backbone, one in config.backbone_configs().items():
-        ref = plan_pipeline(one).ref("evaluate")
+        plan = plan_pipeline(one)
         store = open_store(one.store_root())
-        if store.is_committed(ref):
-            out[backbone] = store.read_table(ref, EVALUATION)
+        refs = [plan.ref("evaluate"), *([plan.ref("validate")] if plan.has("validate") else [])]
+        if all(store.is_committed(ref) for ref in refs):
+            out[backbone] = (store.read_table(refs[0], EVALUATION),
+                             store.read_table(refs[1], EVALUATION) if len(refs) > 1 else None)
         else:
             missing.append(backbone)
     if missing:
@@ -43,28 +57,32 @@ def backbone_evaluations(config: PipelineConfig) -> dict[str, pa.Table]:
     return out
 
 
-def backbone_scores(evaluations: dict[str, pa.Table], settings: ReportConfig) -> dict[str, pa.Table]:
-    """{backbone: REPORT_SCORES}, each normalised within its own datasets and methods."""
+def backbone_scores(evaluations: dict[str, tuple[pa.Table, pa.Table | None]],
+                    settings: ReportConfig) -> dict[str, BackboneScores]:
+    """Each backbone's scores, normalised within its own datasets and methods, focused as its own
+    report is (on the alpha its sweep chose)."""
     out = {}
-    for backbone, evaluation in evaluations.items():
+    for backbone, (evaluation, validation) in evaluations.items():
         methods = ordered(evaluation.column("method").to_pylist())
-        focus = focus_method(methods, settings.focus)
-        out[backbone] = score_table(evaluation, settings.average_over, normalised_methods(methods, settings, focus))
+        selection = alpha_selection(validation, evaluation, settings.average_over) if validation is not None else None
+        focus = report_focus(methods, settings, selection)
+        normalised = normalised_methods(methods, settings, focus)
+        out[backbone] = BackboneScores(score_table(evaluation, settings.average_over, normalised), focus, normalised)
     return out
 
 
-def overview(scores: dict[str, pa.Table]) -> list[dict[str, Any]]:
+def overview(scores: dict[str, BackboneScores]) -> list[dict[str, Any]]:
     """Per method: its normalised average in each backbone, averaged over that backbone's datasets."""
     by: dict[tuple[str, str], list[float]] = {}
-    for backbone, table in scores.items():
-        for r in table.to_pylist():
+    for backbone, one in scores.items():
+        for r in one.table.to_pylist():
             if r["metric"] == AVG:
                 by.setdefault((r["method"], backbone), []).append(r["mean"])
     methods = ordered([method for method, _ in by])
     return [{"method": m, **{b: statistics.fmean(by[(m, b)]) if (m, b) in by else None for b in scores}} for m in methods]
 
 
-def backbone_markdown(scores: dict[str, pa.Table], settings: ReportConfig) -> str:
+def backbone_markdown(scores: dict[str, BackboneScores]) -> str:
     """The overview, then each backbone's scores per dataset and method."""
     backbones = list(scores)
     out = ["# Sem-DPO: the backbones side by side (paper Tables 5-7)", "",
@@ -73,18 +91,21 @@ def backbone_markdown(scores: dict[str, pa.Table], settings: ReportConfig) -> st
            "## avg_score per backbone", "", "| method | " + " | ".join(backbones) + " |", "|---|" + "---|" * len(backbones)]
     for row in overview(scores):
         out.append(f"| {row['method']} | " + " | ".join("-" if row[b] is None else f"{row[b]:.4f}" for b in backbones) + " |")
-    for backbone, table in scores.items():
-        rows = table.to_pylist()
-        methods = ordered([r["method"] for r in rows])
-        focus = focus_method(methods, settings.focus)
+    for backbone, one in scores.items():
+        rows = one.table.to_pylist()
         out += ["", f"## {backbone}", ""]
-        out += scores_markdown(rows, ordered([r["dataset"] for r in rows]), methods,
-                               normalised_methods(methods, settings, focus))
+        out += scores_markdown(rows, ordered([r["dataset"] for r in rows]), ordered([r["method"] for r in rows]),
+                               one.normalised_over)
     return "\n".join(out) + "\n"
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
+def slugs(names: list[str]) -> dict[str, str]:
+    """{name: a file-name form of it}, distinct even where two names differ only in punctuation."""
+    out: dict[str, str] = {}
+    for i, name in enumerate(names, 1):
+        short = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
+        out[name] = short if short not in out.values() else f"{short}-{i}"
+    return out
 
 
 def write_backbone_report(config: PipelineConfig, folder: Path) -> dict[str, Any]:
@@ -94,16 +115,19 @@ def write_backbone_report(config: PipelineConfig, folder: Path) -> dict[str, Any
     scores = backbone_scores(backbone_evaluations(config), settings)
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     x = settings.semantic_metric
-    for backbone, table in scores.items():
-        methods = ordered(table.column("method").to_pylist())
-        metrics = set(table.column("metric").to_pylist())
-        for dataset in ordered(table.column("dataset").to_pylist()):
+    names = slugs(list(scores))
+    for backbone, one in scores.items():
+        metrics = set(one.table.column("metric").to_pylist())
+        for dataset in ordered(one.table.column("dataset").to_pylist()):
             for y in [m for m in settings.preference_metrics if m in metrics and x in metrics]:
-                png = scatter_png(table, dataset, x, y, focus_method(methods, settings.focus))
-                (folder / "plots" / f"scatter-{slug(backbone)}-{dataset}-{x}-vs-{y}.png").write_bytes(png)
-    combined = pa.concat_tables([t.append_column("backbone", pa.array([b] * t.num_rows)) for b, t in scores.items()])
+                png = scatter_png(one.table, dataset, x, y, one.focus)
+                (folder / "plots" / f"scatter-{names[backbone]}-{dataset}-{x}-vs-{y}.png").write_bytes(png)
+    combined = pa.concat_tables([one.table.append_column("backbone", pa.array([b] * one.table.num_rows))
+                                 for b, one in scores.items()])
     pq.write_table(combined, folder / "scores.parquet")
     rows = overview(scores)
-    (folder / "report.md").write_text(backbone_markdown(scores, settings), encoding="utf-8")
-    (folder / "report.json").write_text(json.dumps({"backbones": list(scores), "overview": rows}, indent=2) + "\n")
+    (folder / "report.md").write_text(backbone_markdown(scores), encoding="utf-8")
+    focus = {b: {"focus": one.focus, "normalised_over": one.normalised_over} for b, one in scores.items()}
+    (folder / "report.json").write_text(json.dumps({"backbones": list(scores), "overview": rows, "per_backbone": focus},
+                                                   indent=2) + "\n")
     return {"backbones": list(scores), "overview": rows}

@@ -10,8 +10,8 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +72,34 @@ def temporary_is_stale(path: Path) -> bool:
         return False
 
 
+def write_temporary(target: Path, data: bytes) -> Path:
+    """`data` in a new file beside `target`, on disk (fsynced) and with the umask's mode, for
+    `os.replace` to put in place: the target holds its old bytes or all of the new ones."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # the writer's host and pid in the name: a later run removes it only once that writer is gone
+    tmp = target.parent / f".{target.name}.{TEMPORARY_OWNER}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 less the umask, as open() gives
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write(target: Path, data: bytes) -> None:
+    """Write `data` to `target` through a temporary beside it: a killed writer leaves the old file whole."""
+    tmp = write_temporary(target, data)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class LocalBackend:
     """A directory on this machine (the default: no server needed)."""
 
@@ -88,19 +116,7 @@ class LocalBackend:
             raise KeyMissing(f"{self.describe(key)} does not exist") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # the writer's host and pid in the name: a later run removes it only once that writer is gone
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{TEMPORARY_OWNER}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path(key), data)
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -358,6 +358,15 @@ class PipelineConfig(Section):
             raise ValueError(f"evaluate.methods {untrained} are not in train.methods {self.train.methods}")
         return self
 
+    @model_validator(mode="after")
+    def _normalise_over_names_methods(self) -> PipelineConfig:
+        known = ["human", "sft", *METHODS, *self.evaluate.rewriters]
+        unknown = [m for m in self.report.normalise_over or [] if m not in known]
+        if unknown:
+            raise ValueError(f"report.normalise_over {unknown} name no method; choose from {', '.join(known)} "
+                             "(null: every evaluated method)")
+        return self
+
     def backbone_configs(self) -> dict[str, PipelineConfig]:
         """{base model: this config with sft.base_model set to it}, for sft.base_model and each of
         sft.backbones; each runs exactly as a config naming that base model alone would."""

@@ -19,7 +19,6 @@ import math
 import os
 import random
 import re
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from semdpo_core.backends import write_temporary
 from semdpo_core.config import DataBuildConfig, PipelineConfig, PromptSource
-from semdpo_core.hub_datasets import HubDataset, load_hub
+from semdpo_core.hub_datasets import HubDataset, check_revision, load_hub
 from semdpo_core.prompt_files import PromptFileError, lines
 from semdpo_core.prompts import clean_text, token_limit
 
@@ -132,56 +132,60 @@ def prompt_column(source: PromptSource, columns: list[str], where: str) -> str:
                           "set its `column` or `layout`")
 
 
-def as_text(value: Any) -> str | None:
-    """A prompt cell as text: a string, or the first caption of a list (of strings or {raw: ...})."""
-    if isinstance(value, list):
-        value = value[0] if value else None
-    if isinstance(value, dict):
-        value = value.get("raw")
-    return value if isinstance(value, str) else None
+def as_text(value: Any, where: str) -> str | None:
+    """A prompt cell as text: a string, or the first caption of a list (of strings or {raw: ...});
+    None for a missing one. Anything else is a wrong column, not an empty prompt."""
+    cell = value
+    if isinstance(cell, list):
+        cell = cell[0] if cell else None
+    if isinstance(cell, dict):
+        cell = cell.get("raw")
+    if cell is None or isinstance(cell, str):
+        return cell
+    raise PromptFileError(f"{where}: the prompt is {value!r} ({type(value).__name__}), not text; "
+                          "set the source's `column` to the column that holds the prompts")
 
 
-def read_source(source: PromptSource, where: str, counts: Counter) -> tuple[list[tuple[int, str]], dict[str, Any]]:
-    """(row, raw prompt) of every row (one per image where the layout groups captions), and the
-    provenance to record: the load's arguments and the revision it resolved to."""
+@dataclass
+class Row:
+    """One raw prompt of a source: its row, and the image it captions where the layout groups them."""
+
+    row: int
+    text: str
+    group: Any = None
+
+
+def read_source(source: PromptSource, where: str, counts: Counter) -> tuple[list[Row], dict[str, Any]]:
+    """Every row's raw prompt (missing ones counted as empty), and the provenance to record: the
+    load's arguments and the revision it resolved to."""
     spec = hub_dataset(source)
     log.info("%s: loading %s", where, spec)
-    dataset, resolved = load_hub(spec)
+    dataset, provenance = load_hub(spec)
     column = prompt_column(source, dataset.column_names, f"{where} ({spec})")
     group = next((g for g in LAYOUTS[source.layout].groups if g in dataset.column_names), None)
     values = dataset[column]
     groups = dataset[group] if group else [None] * len(values)
-    rows, seen = [], set()
+    rows = []
     for row, (value, image) in enumerate(zip(values, groups, strict=True)):
-        if image is not None:
-            if image in seen:
-                counts["same image"] += 1
-                continue
-            seen.add(image)
-        text = as_text(value)
+        text = as_text(value, f"{where} ({spec}), row {row}, column {column!r}")
         if text is None:
             counts["empty"] += 1
-            continue
-        rows.append((row, text))
+        else:
+            rows.append(Row(row, text, image))
     counts["read"] += len(values)
-    record = {**source.model_dump(exclude_none=True), "column": column, "resolved": resolved, "rows": len(values),
-              **({"data_file_sha256": local_digests(source.data_files)} if source.data_files else {})}
+    record = {**source.model_dump(exclude_none=True), "column": column, **provenance, "rows": len(values)}
     return rows, record
 
 
-def local_digests(data_files: Any) -> dict[str, str]:
-    """sha256 of each local data file (remote ones are pinned by the revision instead)."""
-    names = [data_files] if isinstance(data_files, str) else (
-        [f for fs in data_files.values() for f in ([fs] if isinstance(fs, str) else fs)]
-        if isinstance(data_files, dict) else list(data_files))
-    return {name: sha256(Path(name)) for name in names if Path(name).is_file()}
-
-
-def clean(rows: list[tuple[int, str]], label: str, words: list[str], seen: set[str], counts: Counter) -> list[Candidate]:
-    """Cleaned prompts without empty, word-listed or duplicate ones (`seen`: match keys so far)."""
-    kept = []
-    for row, raw in tqdm(rows, desc=f"cleaning {label}", unit="prompt", mininterval=5):
-        text = clean_text(raw)
+def clean(rows: list[Row], label: str, words: list[str], seen: set[str], counts: Counter) -> list[Candidate]:
+    """Cleaned prompts without empty, word-listed or duplicate ones (`seen`: match keys so far), and
+    one per image: an image's first caption that survives these filters."""
+    kept, images = [], set()
+    for row in tqdm(rows, desc=f"cleaning {label}", unit="prompt", mininterval=5):
+        if row.group is not None and row.group in images:
+            counts["same image"] += 1
+            continue
+        text = clean_text(row.text)
         key = match_key(text)
         if not key:
             counts["empty"] += 1
@@ -191,7 +195,9 @@ def clean(rows: list[tuple[int, str]], label: str, words: list[str], seen: set[s
             counts["duplicate"] += 1
         else:
             seen.add(key)
-            kept.append(Candidate(text, key, label, row))
+            if row.group is not None:
+                images.add(row.group)
+            kept.append(Candidate(text, key, label, row.row))
     return kept
 
 
@@ -226,6 +232,9 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
     if shared:
         raise PromptFileError(f"{shared[0]} is named for several sets ("
                               f"{', '.join(n for n, p in outputs.items() if p == shared[0])}): give each its own file")
+    for where, source in [*((f"data.build.test.{n}", s) for n, s in build.test.items()),
+                          *((f"data.build.train[{i}]", s) for i, s in enumerate(build.train))]:
+        check_revision(hub_dataset(source), where)
     words = word_list(build.word_filter)
     too_long = longest_of([token_limit(model, d.max_prompt_tokens) for model in config.backbone_configs()])
 
@@ -268,11 +277,23 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
         if wanted is not None and len(built.prompts) < wanted:
             log.warning("%s: only %d prompts left of the %d asked for", built.name, len(built.prompts), wanted)
         built.counts["kept"] = len(built.prompts)
+        if not built.prompts:
+            raise PromptFileError(f"{built.name}: no prompt is left to write ({counts_line(built.counts)}); "
+                                  "check its sources and filters (data.build)")
         if built.path.exists() and sha256(built.path) != digest(files[built.name]) and not force:
             raise PromptFileError(f"{built.path} exists with other contents; move it away or pass --force to replace it")
+    writes = {}
     for built in sets:
-        write_set(built, files, filters)
+        writes[built.path] = files[built.name]
+        writes[record_path(built.path)] = set_record(built, files, filters)
+    replace_all(writes)
+    for built in sets:
+        log.info("%s: %d prompts -> %s (%s)", built.name, len(built.prompts), built.path, counts_line(built.counts))
     return sets
+
+
+def counts_line(counts: Counter) -> str:
+    return ", ".join(f"{n:,} {why}" for why, n in counts.items())
 
 
 def longest_of(limits: list[Callable[[str], int | None]]) -> Callable[[str], int | None]:
@@ -287,9 +308,12 @@ def required_build(config: PipelineConfig) -> DataBuildConfig:
     if build is None:
         raise PromptFileError("data.build is not set: name the datasets to build the prompt files from "
                               "(configs/paper.yaml has the paper's)")
-    missing = sorted(set(config.data.test_sets()) ^ set(build.test))
-    if missing:
-        raise PromptFileError(f"data.build.test and data.test_prompts must name the same sets; they differ in {missing}")
+    named, built = set(config.data.test_sets()), set(build.test)
+    if named != built:
+        sides = [f"only data.test_prompts names {sorted(named - built)}" if named - built else "",
+                 f"only data.build.test names {sorted(built - named)}" if built - named else ""]
+        raise PromptFileError("data.build.test and data.test_prompts must name the same sets: "
+                              + "; ".join(side for side in sides if side))
     return build
 
 
@@ -331,9 +355,9 @@ def set_table(built: BuiltSet, column: str) -> pa.Table:
                      "source_row": pa.array([p.row for p in built.prompts], pa.int64())})
 
 
-def write_set(built: BuiltSet, files: dict[str, bytes], filters: dict[str, Any]) -> None:
-    """The set's Parquet file and its record: sources, filters, counts, the file's sha256 (and for
-    the train set, those of the test sets it is disjoint from)."""
+def set_record(built: BuiltSet, files: dict[str, bytes], filters: dict[str, Any]) -> bytes:
+    """The set's record: sources, filters, counts, the file's sha256 (and for the train set, those
+    of the test sets it is disjoint from)."""
     record = {
         "built_by": f"semdpo data build (semdpo {version('semdpo')}, datasets {version('datasets')})",
         "set": built.name, "file": str(built.path), "sha256": digest(files[built.name]), "rows": len(built.prompts),
@@ -341,10 +365,22 @@ def write_set(built: BuiltSet, files: dict[str, bytes], filters: dict[str, Any])
     }
     if built.name == "train":
         record["disjoint_from"] = {name: digest(data) for name, data in files.items() if name != "train"}
-    atomic_write(built.path, files[built.name])
-    atomic_write(record_path(built.path), (json.dumps(record, indent=2, default=str) + "\n").encode())
-    log.info("%s: %d prompts -> %s (%s)", built.name, len(built.prompts), built.path,
-             ", ".join(f"{n:,} {why}" for why, n in built.counts.items()))
+    return (json.dumps(record, indent=2, default=str) + "\n").encode()
+
+
+def replace_all(outputs: dict[Path, bytes]) -> None:
+    """Every file written beside its target first, then each put in place: a build that fails
+    while writing leaves the old files, not a mix of old and new sets."""
+    temporaries: dict[Path, Path] = {}
+    try:
+        for path, data in outputs.items():
+            temporaries[path] = write_temporary(path, data)
+        for path, tmp in list(temporaries.items()):
+            os.replace(tmp, path)
+            del temporaries[path]
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -360,16 +396,3 @@ def digest(data: bytes) -> str:
 def record_path(path: Path) -> Path:
     """Where a built file's record lives: NAME.build.json beside NAME.parquet."""
     return path.with_suffix(".build.json")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary beside it: a killed build leaves the old file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

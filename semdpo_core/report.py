@@ -55,8 +55,8 @@ def score_lists(evaluation: pa.Table) -> dict[tuple[str, str, str], list[float]]
 def score_table(evaluation: pa.Table, average_over: list[str] | None = None,
                 normalise_over: list[str] | None = None) -> pa.Table:
     """REPORT_SCORES: mean/std per dataset x method x metric, each mean min-max normalised over the
-    dataset's methods in `normalise_over` (default all; all equal: 1), and `avg_score` = the mean of
-    the normalised means of `average_over` (default every metric), as in the paper's Tables 5-7.
+    dataset's methods in `normalise_over` (default all), and `avg_score` = the mean of the
+    normalised means of `average_over` (default every metric), as in the paper's Tables 5-7.
     A method outside `normalise_over` is put on the same scale beside them (it may fall below 0 or
     above 1) and changes no other method's score."""
     lists = score_lists(evaluation)
@@ -68,15 +68,12 @@ def score_table(evaluation: pa.Table, average_over: list[str] | None = None,
     for dataset in datasets:
         means = {(method, metric): statistics.fmean(lists[(dataset, method, metric)])
                  for method in methods for metric in metrics if (dataset, method, metric) in lists}
-        core = [m for m in methods if normalise_over is None or m in normalise_over] or methods
         normalized = {}
         for metric in metrics:
-            values = [v for (method, m), v in means.items() if m == metric and method in core] or \
-                     [v for (_, m), v in means.items() if m == metric]
-            low, high = min(values), max(values)
-            for method in methods:
-                if (method, metric) in means:
-                    normalized[(method, metric)] = 1.0 if high == low else (means[(method, metric)] - low) / (high - low)
+            scored = {method: v for (method, m), v in means.items() if m == metric}
+            low, high = normalising_range(scored, normalise_over, f"{dataset}/{metric}")
+            for method, value in scored.items():
+                normalized[(method, metric)] = 1.0 if high == low else (value - low) / (high - low)
         for method in methods:
             for metric in metrics:
                 if (method, metric) in means:
@@ -92,12 +89,31 @@ def score_table(evaluation: pa.Table, average_over: list[str] | None = None,
     return pa.Table.from_pylist(rows, schema=REPORT_SCORES)
 
 
+def normalising_range(means: dict[str, float], normalise_over: list[str] | None, where: str) -> tuple[float, float]:
+    """The (low, high) a metric is min-max normalised by: over the `normalise_over` methods, or over
+    every method where fewer than two of them were evaluated or they all score the same (a
+    collapsed range would give every method 1.0); high == low only when every method ties."""
+    core = [v for m, v in means.items() if normalise_over is None or m in normalise_over]
+    if len(core) < 2 or min(core) == max(core):
+        if len(means) > len(core):
+            log.warning("%s: %s; normalised over every method instead", where,
+                        "fewer than two methods of report.normalise_over scored" if len(core) < 2
+                        else "report.normalise_over's methods all score the same")
+        core = list(means.values())
+    return min(core), max(core)
+
+
 def normalised_methods(methods: list[str], settings: Any, focus: str | None) -> list[str] | None:
     """The methods inside the normalised average: `report.normalise_over` (the paper's set by
     default) and the focus method (a sweep's chosen alpha); None: every method."""
     if settings.normalise_over is None:
         return None
-    return [m for m in methods if m in settings.normalise_over or m == focus]
+    inside = [m for m in methods if m in settings.normalise_over or m == focus]
+    if len(inside) < 2:
+        log.warning("report.normalise_over: %s of its methods evaluated (of %s); the normalised average is "
+                    "taken over every method instead", len(inside), ", ".join(methods))
+        return None
+    return inside
 
 
 def token_stats(evaluation: pa.Table) -> list[dict[str, Any]]:
@@ -122,6 +138,11 @@ def focus_method(methods: list[str], focus: str | None) -> str | None:
     if "sem_dpo" in methods:
         return "sem_dpo"
     return next((m for m in methods if m.startswith("sem_dpo@")), None)
+
+
+def report_focus(methods: list[str], settings: Any, selection: dict[str, Any] | None) -> str | None:
+    """The report's focus method: `report.focus`, else the alpha the sweep chose on validation."""
+    return focus_method(methods, settings.focus if settings.focus or selection is None else selection["chosen"])
 
 
 def head_to_head(evaluation: pa.Table, focus: str, tie_tolerance: float) -> list[dict[str, Any]]:
@@ -416,7 +437,7 @@ def build_report(
     methods = ordered(evaluation.column("method").to_pylist())
     datasets = ordered(evaluation.column("dataset").to_pylist())
     selection = alpha_selection(validation, evaluation, settings.average_over) if validation is not None else None
-    focus = focus_method(methods, settings.focus if settings.focus or selection is None else selection["chosen"])
+    focus = report_focus(methods, settings, selection)
     normalised = normalised_methods(methods, settings, focus)
     scores = score_table(evaluation, settings.average_over, normalised)
     metrics = ordered([r["metric"] for r in scores.to_pylist() if r["metric"] != AVG])

@@ -4,6 +4,7 @@ disjoint from every test set, and the record of what was read."""
 
 import itertools
 import json
+import os
 import random
 from collections import Counter
 
@@ -15,7 +16,9 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from semdpo_core.config import PromptSource, load_config
-from semdpo_core.data_build import NearDuplicates, build_data, match_key, read_source, record_path
+from semdpo_core import data_build
+from semdpo_core.data_build import NearDuplicates, build_data, clean, match_key, read_source, record_path
+from semdpo_core.hub_datasets import DatasetLoadError, load_hub, parse_hub_source
 from semdpo_core.pairs import own_pairs_table
 from semdpo_core.prompt_files import PromptFileError, source_digest
 from semdpo_core.prompts import check_inputs, prompt_table, token_limit
@@ -108,7 +111,13 @@ def test_counts_on_sources_where_they_are_known(sources):
     assert record["sha256"] == source_digest(str(sources / "out/train.parquet")) and record["rows"] == 6
     assert [s["layout"] for s in record["sources"]] == ["diffusiondb", "lexica"]
     assert record["sources"][0]["column"] == "prompt" and record["sources"][1]["column"] == "Prompt"
-    assert all(s["resolved"] for s in record["sources"]) and record["filters"]["word_filter"]["entries"] == 1
+    # a parquet builder has no commit: the digest of the file it read pins it; a hub-layout folder has both
+    assert record["sources"][0]["resolved"] is None and record["sources"][1]["resolved"]
+    assert record["sources"][0]["data_file_sha256"] == {
+        str(sources / "src/metadata.parquet"): source_digest(str(sources / "src/metadata.parquet"))}
+    lexica_train = sources / "src/lexica/data/train-00000-of-00001.parquet"
+    assert record["sources"][1]["data_file_sha256"][str(lexica_train)] == source_digest(str(lexica_train))
+    assert record["filters"]["word_filter"]["entries"] == 1
     assert record["disjoint_from"] == {name: source_digest(str(sources / f"out/{name}_test.parquet"))
                                        for name in ("lexica", "coco")}
 
@@ -159,6 +168,10 @@ def test_the_command_prints_each_set_and_refuses_a_config_without_build(sources)
     result = CliRunner().invoke(app, ["data", "build", str(write_config(sources)), "--set",
                                       f"data.test_prompts.coco={sources / 'out' / 'train.parquet'}"])
     assert result.exit_code == 2 and "named for several sets (train, coco)" in result.output, result.output
+    result = CliRunner().invoke(app, ["data", "build", str(write_config(sources)), "--set",
+                                      "data.test_prompts={lexica: a.parquet, drawbench: b.parquet}"])
+    assert result.exit_code == 2 and ("must name the same sets: only data.test_prompts names ['drawbench']; "
+                                      "only data.build.test names ['coco']") in result.output, result.output
     absent = str(sources / "no-such-model")
     result = CliRunner().invoke(app, ["data", "build", str(write_config(sources)), "--set", f"sft.backbones=[{absent}]"])
     assert result.exit_code == 2 and f"sft.backbones: {absent} (not here)" in result.output, result.output
@@ -203,5 +216,93 @@ def test_karpathy_coco_rows_give_one_caption_per_image(tmp_path):
     for folder in ("lists", "structs"):
         counts = Counter()
         rows, record = read_source(PromptSource(path=str(tmp_path / folder), layout="coco", split="test"), "t", counts)
-        assert [text for _, text in rows] == ["a dog on a sofa", "a kite"] and record["column"] == "sentences"
+        assert record["column"] == "sentences"
+        assert [p.text for p in clean(rows, folder, [], set(), counts)] == ["a dog on a sofa", "a kite"]
         assert counts["same image"] == (1 if folder == "structs" else 0)
+
+
+def test_an_image_keeps_its_first_caption_that_survives_the_filters(tmp_path):
+    """A COCO image whose first caption is empty, word-listed or another image's is described by
+    its next caption, not dropped."""
+    captions = [(1, "a man on a bike"), (2, "   "), (2, "a brown dog on a sofa"), (3, "a man on a bike!"),
+                (3, "a kite over the beach"), (3, "two kites"), (4, "a nsfw thing"), (4, "a bowl of soup")]
+    (tmp_path / "captions.json").write_text(json.dumps({"annotations": [
+        {"image_id": image, "id": k, "caption": c} for k, (image, c) in enumerate(captions)]}))
+    source = PromptSource(path="json", layout="coco", data_files=str(tmp_path / "captions.json"), field="annotations")
+    counts = Counter()
+    rows, _ = read_source(source, "t", counts)
+    kept = clean(rows, "coco", ["nsfw"], set(), counts)
+    assert [p.text for p in kept] == ["a man on a bike", "a brown dog on a sofa", "a kite over the beach",
+                                      "a bowl of soup"]
+    assert [p.row for p in kept] == [0, 2, 4, 7]
+    assert counts == Counter({"read": 8, "empty": 1, "duplicate": 1, "same image": 1, "word filter": 1})
+
+
+def test_a_prompt_that_is_not_text_is_an_error_naming_its_row_and_column(sources):
+    pq.write_table(pa.table({"prompt": ["a red fox", "a castle"], "Prompt": [3, 4]}),
+                   sources / "src/numbers.parquet")
+    source = PromptSource(path="parquet", layout="lexica", data_files=str(sources / "src/numbers.parquet"))
+    with pytest.raises(PromptFileError, match=r"row 0, column 'Prompt'.*3 \(int\), not text.*`column`"):
+        read_source(source, "data.build.test.lexica", Counter())
+    rows, _ = read_source(source.model_copy(update={"column": "prompt"}), "t", Counter())
+    assert [r.text for r in rows] == ["a red fox", "a castle"]
+
+
+def test_a_set_with_nothing_left_is_refused_and_nothing_written(sources):
+    (sources / "src/words.txt").write_text("castle\nastronaut\nramen\ncyberpunk\nfox\nlighthouse\nmodel\nword\n")
+    with pytest.raises(PromptFileError, match=r"lexica: no prompt is left to write \(10 read, .*word filter.*data.build"):
+        build_data(load_config(write_config(sources)))
+    assert not (sources / "out").exists()
+
+
+def test_a_revision_on_a_builder_is_refused_with_how_to_pin_its_files(sources):
+    path = write_config(sources)
+    config = yaml.safe_load(path.read_text())
+    config["data"]["build"]["train"][0]["revision"] = "v1"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(DatasetLoadError, match=r"^data.build.train\[0\]: a revision pins a hub repository.*"
+                                               r"hf://datasets/OWNER/NAME@REVISION/FILE"):
+        build_data(load_config(path))
+    assert not (sources / "out").exists()
+    spec = parse_hub_source("hf:parquet@v1")  # a source as prompt and pairs files name one
+    with pytest.raises(DatasetLoadError, match=r"^parquet@v1\[train\]: a revision pins a hub repository"):
+        load_hub(spec)
+
+
+def test_a_build_failing_while_writing_leaves_every_old_file(sources, monkeypatch):
+    """--force writes every set beside its file before replacing any: a failure on the last leaves
+    the old sets, not a mix of two builds, and no temporary."""
+    build_data(load_config(write_config(sources, max_train=3, max_test=3)))
+    before = {p.name: p.read_bytes() for p in (sources / "out").iterdir()}
+    real = data_build.write_temporary
+    calls = []
+
+    def failing(target, data):
+        calls.append(target.name)
+        if len(calls) == len(before):
+            raise OSError(28, "No space left on device")
+        return real(target, data)
+
+    monkeypatch.setattr(data_build, "write_temporary", failing)
+    with pytest.raises(OSError, match="No space left"):
+        build_data(load_config(write_config(sources, max_train=4, max_test=4)), force=True)
+    assert {p.name: p.read_bytes() for p in (sources / "out").iterdir()} == before
+    monkeypatch.setattr(data_build, "write_temporary", real)
+    build_data(load_config(write_config(sources, max_train=4, max_test=4)), force=True)
+    assert len(prompts(sources / "out/train.parquet")) == 4
+    mode = (sources / "out/train.parquet").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # as any file the user writes, not a temporary's 0600
+
+
+@pytest.mark.parametrize("source, split", [("hf:o/n", "train"), ("hf:o/n@v2:test[:200]", "test[:200]"),
+                                           ("hf:o/n:train[:10%]+validation", "train[:10%]+validation")])
+def test_a_hub_source_takes_datasets_split_syntax(source, split):
+    assert parse_hub_source(source).split == split
+
+
+@pytest.mark.parametrize("source", ["hf:o/n:train:extra", "hf: o/n", "hf:o/n@:train", "hf:o/n:train test"])
+def test_a_malformed_hub_source_says_how_it_reads(source):
+    with pytest.raises(DatasetLoadError, match=r"hf:OWNER/NAME\[@REVISION\]\[:SPLIT\] with no spaces.*train\+validation"):
+        parse_hub_source(source)

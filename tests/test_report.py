@@ -165,3 +165,62 @@ def test_paired_tests_compare_each_method_with_sft_and_the_focus_with_dpo():
     assert tests[("sem_dpo", "dpo", "semantic_distance")]["mean_diff"] == pytest.approx(-0.3)
     drift = {d["method"]: d["mean"] for d in meaning_drift(table)}
     assert drift == pytest.approx(distance)
+
+
+def test_fewer_than_two_methods_of_the_normalised_set_normalise_over_every_method():
+    """Only sem_dpo of the paper's set evaluated: its range would collapse and give every method 1.0;
+    every evaluated method sets the scale instead, and the report says so."""
+    rows = [("ipo", *r[1:]) if r[0] == "human" else ("kto_x", *r[1:]) if r[0] == "dpo" else r for r in ROWS]
+    settings = ReportConfig(semantic_metric="clip", preference_metrics=["pick"], normalise_over=["sem_dpo", "sft"])
+    scores, tables, _ = build_report(evaluation(rows), settings, {}, "")
+    assert tables["normalised_over"] is None
+    everyone = score_table(evaluation(rows))
+    assert scores.to_pylist() == everyone.to_pylist()
+    assert cell(scores, "A", "ipo", "avg_score") == pytest.approx(0.25)  # as human's in the hand example
+
+
+def test_a_tie_inside_the_normalised_set_is_not_scored_one_for_everyone():
+    """dpo and sem_dpo tie on clip in A; human, outside the set, scores above them: normalising
+    over the tied pair would collapse, so every method's range is used (never 1.0 for all)."""
+    rows = [(m, d, p, 0.25 if m != "human" and d == "A" else c, *rest) for m, d, p, c, *rest in ROWS]
+    scores = score_table(evaluation(rows), normalise_over=["dpo", "sem_dpo"])
+    # A clip means: human .25, dpo .25, sem_dpo .25 -> all tie: 1.0 only because everyone ties
+    assert {cell(scores, "A", m, "clip", "normalized") for m in ("human", "dpo", "sem_dpo")} == {1.0}
+    rows = [(m, d, p, 0.40 if m == "human" and d == "A" else c, *rest) for m, d, p, c, *rest in rows]
+    scores = score_table(evaluation(rows), normalise_over=["dpo", "sem_dpo"])
+    # A clip means: human .40, dpo .25, sem_dpo .25 -> over all three: 1, 0, 0
+    assert [cell(scores, "A", m, "clip", "normalized") for m in ("human", "dpo", "sem_dpo")] == pytest.approx([1, 0, 0])
+
+
+def test_normalise_over_names_methods():
+    from semdpo_core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"report.normalise_over \['semdpo'\] name no method; choose from human, sft"):
+        load_config(None, ["report.normalise_over=[human,semdpo]"])
+    assert load_config(None, ["report.normalise_over=[human,promptist]",
+                              "evaluate.rewriters={promptist: {model: tiny:gpt2}}"]).report.normalise_over[1] == "promptist"
+
+
+def test_the_backbone_report_focuses_each_block_as_its_own_report_does():
+    """With alpha chosen on validation, a backbone's block is normalised over the paper's set and
+    the chosen alpha's run, exactly as that backbone's own report."""
+    from semdpo_core.backbone_report import backbone_scores
+
+    sweep = [(m.replace("sem_dpo", "sem_dpo@alpha=4") if m == "sem_dpo" else m, *r) for m, *r in ROWS]
+    sweep += [("sem_dpo@alpha=1", d, p, c - 0.05, s + 1.0, *rest) for m, d, p, c, s, *rest in ROWS if m == "sem_dpo"]
+    # alpha=1 is best on validation, though alpha=4 comes first (the default focus without a choice)
+    validation = evaluation([("sem_dpo@alpha=4", "validation", "v1", 0.1, 18.0, 5, 0, 0, 0),
+                             ("sem_dpo@alpha=1", "validation", "v1", 0.3, 20.0, 5, 0, 0, 0)])
+    settings = ReportConfig(semantic_metric="clip", preference_metrics=["pick"])
+    own_scores, own, _ = build_report(evaluation(sweep), settings, {}, "", validation)
+    assert own["focus"] == "sem_dpo@alpha=1" and own["normalised_over"] == ["human", "dpo", "sem_dpo@alpha=1"]
+    block = backbone_scores({"tiny:gpt2": (evaluation(sweep), validation)}, settings)["tiny:gpt2"]
+    assert (block.focus, block.normalised_over) == (own["focus"], own["normalised_over"])
+    assert block.table.to_pylist() == own_scores.to_pylist()
+
+
+def test_backbone_plot_names_stay_distinct():
+    from semdpo_core.backbone_report import slugs
+
+    assert slugs(["org/model", "org-model", "tiny:gpt2"]) == {"org/model": "org-model", "org-model": "org-model-2",
+                                                              "tiny:gpt2": "tiny-gpt2"}
