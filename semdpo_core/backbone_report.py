@@ -102,9 +102,13 @@ def backbone_markdown(scores: dict[str, BackboneScores]) -> str:
 def slugs(names: list[str]) -> dict[str, str]:
     """{name: a file-name form of it}, distinct even where two names differ only in punctuation."""
     out: dict[str, str] = {}
-    for i, name in enumerate(names, 1):
+    for name in names:
         short = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
-        out[name] = short if short not in out.values() else f"{short}-{i}"
+        candidate, n = short, 1
+        while candidate in out.values():
+            n += 1
+            candidate = f"{short}-{n}"
+        out[name] = candidate
     return out
 
 

@@ -98,6 +98,16 @@ def atomic_write(target: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    sync_directory(target.parent)
+
+
+def sync_directory(folder: Path) -> None:
+    """The folder's entries on disk: a rename survives a crash once its directory is synced."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LocalBackend:

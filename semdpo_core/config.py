@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from semdpo_core.methods import DEFAULT_METHODS, METHODS, get_method
+from semdpo_core.methods import DEFAULT_METHODS, METHODS, get_method, parse_run_label
 from semdpo_core.sections import PRECISION_HELP, Precision, Section
 
 
@@ -361,10 +361,10 @@ class PipelineConfig(Section):
     @model_validator(mode="after")
     def _normalise_over_names_methods(self) -> PipelineConfig:
         known = ["human", "sft", *METHODS, *self.evaluate.rewriters]
-        unknown = [m for m in self.report.normalise_over or [] if m not in known]
+        unknown = [m for m in self.report.normalise_over or [] if parse_run_label(m)[0] not in known]
         if unknown:
             raise ValueError(f"report.normalise_over {unknown} name no method; choose from {', '.join(known)} "
-                             "(null: every evaluated method)")
+                             "(a sweep's run as sem_dpo@alpha=2; null: every evaluated method)")
         return self
 
     def backbone_configs(self) -> dict[str, PipelineConfig]:

@@ -6,12 +6,15 @@ Each set is cleaned as the prompts stage cleans it; empty, word-listed and dupli
 dropped, then the set is shuffled with the config's seed and filled to its size, skipping prompts
 too long for the rewriter (for any of the backbones). The train set is disjoint from every test set by exact and
 near-duplicate match. Every drop is counted. Each file is Parquet, with a record beside it
-(`NAME.build.json`): its sources and the revisions they resolved to, the filters, the counts and
-the file's sha256. An existing file with other contents is never replaced without `--force`.
+(`NAME.build.json`): its sources, the commits they resolved to and their data files' sha256, the
+filters, the counts and the file's sha256. An existing file with other contents is never replaced
+without `--force`.
 """
 
 from __future__ import annotations
 
+import functools
+import glob
 import hashlib
 import json
 import logging
@@ -30,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from semdpo_core.backends import write_temporary
+from semdpo_core.backends import sync_directory, temporary_is_stale, write_temporary
 from semdpo_core.config import DataBuildConfig, PipelineConfig, PromptSource
 from semdpo_core.hub_datasets import HubDataset, check_revision, load_hub
 from semdpo_core.prompt_files import PromptFileError, lines
@@ -132,23 +135,24 @@ def prompt_column(source: PromptSource, columns: list[str], where: str) -> str:
                           "set its `column` or `layout`")
 
 
-def as_text(value: Any, where: str) -> str | None:
-    """A prompt cell as text: a string, or the first caption of a list (of strings or {raw: ...});
-    None for a missing one. Anything else is a wrong column, not an empty prompt."""
-    cell = value
-    if isinstance(cell, list):
-        cell = cell[0] if cell else None
-    if isinstance(cell, dict):
-        cell = cell.get("raw")
-    if cell is None or isinstance(cell, str):
-        return cell
-    raise PromptFileError(f"{where}: the prompt is {value!r} ({type(value).__name__}), not text; "
-                          "set the source's `column` to the column that holds the prompts")
+def cell_texts(value: Any, where: str) -> list[str]:
+    """A prompt cell's texts: a string, or every caption of a list (of strings or {raw: ...}); none
+    for a missing one. Anything else is a wrong column, not an empty prompt."""
+    texts = []
+    for cell in value if isinstance(value, list) else [value]:
+        text = cell.get("raw") if isinstance(cell, dict) else cell
+        if text is not None and not isinstance(text, str):
+            raise PromptFileError(f"{where}: the prompt is {value!r} ({type(value).__name__}), not text; "
+                                  "set the source's `column` to the column that holds the prompts")
+        if text is not None:
+            texts.append(text)
+    return texts
 
 
 @dataclass
 class Row:
-    """One raw prompt of a source: its row, and the image it captions where the layout groups them."""
+    """One raw prompt of a source: its row, and the image it captions where the layout groups
+    captions (an image id column, or a list of captions in one cell)."""
 
     row: int
     text: str
@@ -156,8 +160,8 @@ class Row:
 
 
 def read_source(source: PromptSource, where: str, counts: Counter) -> tuple[list[Row], dict[str, Any]]:
-    """Every row's raw prompt (missing ones counted as empty), and the provenance to record: the
-    load's arguments and the revision it resolved to."""
+    """Every raw prompt of every row (a row without one counted as empty), and the provenance to
+    record: the load's arguments, the commit it resolved to and its data files' sha256."""
     spec = hub_dataset(source)
     log.info("%s: loading %s", where, spec)
     dataset, provenance = load_hub(spec)
@@ -167,38 +171,49 @@ def read_source(source: PromptSource, where: str, counts: Counter) -> tuple[list
     groups = dataset[group] if group else [None] * len(values)
     rows = []
     for row, (value, image) in enumerate(zip(values, groups, strict=True)):
-        text = as_text(value, f"{where} ({spec}), row {row}, column {column!r}")
-        if text is None:
+        texts = cell_texts(value, f"{where} ({spec}), row {row}, column {column!r}")
+        if not texts:
             counts["empty"] += 1
-        else:
-            rows.append(Row(row, text, image))
+        image = image if image is not None else (("row", row) if isinstance(value, list) else None)
+        rows += [Row(row, text, image) for text in texts]
     counts["read"] += len(values)
     record = {**source.model_dump(exclude_none=True), "column": column, **provenance, "rows": len(values)}
     return rows, record
 
 
-def clean(rows: list[Row], label: str, words: list[str], seen: set[str], counts: Counter) -> list[Candidate]:
+def clean(rows: list[Row], label: str, words: list[str], seen: set[str], counts: Counter,
+          check: Callable[[Candidate], str | None] | None = None) -> list[Candidate]:
     """Cleaned prompts without empty, word-listed or duplicate ones (`seen`: match keys so far), and
-    one per image: an image's first caption that survives these filters."""
+    one per image: its first caption that passes these and `check` (a drop reason or None: the
+    filters that otherwise run later, on the prompts drawn, are run on an image's captions here)."""
     kept, images = [], set()
     for row in tqdm(rows, desc=f"cleaning {label}", unit="prompt", mininterval=5):
         if row.group is not None and row.group in images:
             counts["same image"] += 1
             continue
         text = clean_text(row.text)
-        key = match_key(text)
-        if not key:
-            counts["empty"] += 1
-        elif words and any(f" {w} " in f" {key} " for w in words):
-            counts["word filter"] += 1
-        elif key in seen:
-            counts["duplicate"] += 1
-        else:
-            seen.add(key)
-            if row.group is not None:
-                images.add(row.group)
-            kept.append(Candidate(text, key, label, row.row))
+        candidate = Candidate(text, match_key(text), label, row.row)
+        key = candidate.key
+        reason = ("empty" if not key else "word filter" if words and any(f" {w} " in f" {key} " for w in words)
+                  else "duplicate" if key in seen else check(candidate) if check and row.group is not None else None)
+        if reason:
+            counts[reason] += 1
+            continue
+        seen.add(key)
+        if row.group is not None:
+            images.add(row.group)
+        kept.append(candidate)
     return kept
+
+
+def rejects(too_long: Callable[[str], int | None], tests: NearDuplicates | None = None) -> Callable[[Candidate], str | None]:
+    """Why a prompt is not drawn: too long for a backbone, or (for the train set) a test prompt's twin."""
+    def reason(candidate: Candidate) -> str | None:
+        match = tests.match(candidate.key) if tests is not None else None
+        if match:
+            return "in a test set" if match == "same" else "near a test prompt"
+        return "too long" if too_long(candidate.text) is not None else None
+    return reason
 
 
 def fill(candidates: list[Candidate], size: int | None, seed: int, too_long: Callable[[str], int | None],
@@ -228,10 +243,12 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
     d = config.data
     outputs = {"train": output_path(d.train_prompts, "data.train_prompts")}
     outputs.update({name: output_path(source, f"data.test_prompts.{name}") for name, source in d.test_sets().items()})
-    shared = [path for path in set(outputs.values()) if list(outputs.values()).count(path) > 1]
-    if shared:
-        raise PromptFileError(f"{shared[0]} is named for several sets ("
-                              f"{', '.join(n for n, p in outputs.items() if p == shared[0])}): give each its own file")
+    for kind, where in (("file", lambda p: p), ("record", record_path)):
+        named = {name: where(path) for name, path in outputs.items()}
+        shared = [path for path in set(named.values()) if list(named.values()).count(path) > 1]
+        if shared:
+            raise PromptFileError(f"{shared[0]} is the {kind} of several sets ("
+                                  f"{', '.join(n for n, p in named.items() if p == shared[0])}): give each its own file")
     for where, source in [*((f"data.build.test.{n}", s) for n, s in build.test.items()),
                           *((f"data.build.train[{i}]", s) for i, s in enumerate(build.train))]:
         check_revision(hub_dataset(source), where)
@@ -244,7 +261,7 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
         built = BuiltSet(name, outputs[name], [])
         rows, record = read_source(source, f"data.build.test.{name}", built.counts)
         built.sources.append(record)
-        cleaned = clean(rows, str(hub_dataset(source)), words, set(), built.counts)
+        cleaned = clean(rows, str(hub_dataset(source)), words, set(), built.counts, rejects(too_long))
         built.prompts = fill(cleaned, d.max_test_prompts, config.seed, too_long, built.counts)
         sets.append(built)
 
@@ -256,7 +273,7 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
     for i, source in enumerate(build.train):
         rows, record = read_source(source, f"data.build.train[{i}]", train.counts)
         train.sources.append(record)
-        pool += clean(rows, str(hub_dataset(source)), words, seen, train.counts)
+        pool += clean(rows, str(hub_dataset(source)), words, seen, train.counts, rejects(too_long, tests))
     disjoint = []
     for candidate in tqdm(pool, desc="test overlap", unit="prompt", mininterval=5):
         match = tests.match(candidate.key)
@@ -280,12 +297,13 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
         if not built.prompts:
             raise PromptFileError(f"{built.name}: no prompt is left to write ({counts_line(built.counts)}); "
                                   "check its sources and filters (data.build)")
-        if built.path.exists() and sha256(built.path) != digest(files[built.name]) and not force:
-            raise PromptFileError(f"{built.path} exists with other contents; move it away or pass --force to replace it")
     writes = {}
     for built in sets:
         writes[built.path] = files[built.name]
         writes[record_path(built.path)] = set_record(built, files, filters)
+    for path, data in writes.items():
+        if path.exists() and sha256(path) != digest(data) and not force:
+            raise PromptFileError(f"{path} exists with other contents; move it away or pass --force to replace it")
     replace_all(writes)
     for built in sets:
         log.info("%s: %d prompts -> %s (%s)", built.name, len(built.prompts), built.path, counts_line(built.counts))
@@ -298,6 +316,7 @@ def counts_line(counts: Counter) -> str:
 
 def longest_of(limits: list[Callable[[str], int | None]]) -> Callable[[str], int | None]:
     """Too long for any backbone's tokenizer: every backbone's prompts stage keeps the same prompts."""
+    @functools.lru_cache(maxsize=None)  # an image's captions are measured when cleaned and again when drawn
     def too_long(text: str) -> int | None:
         return max((n for n in (limit(text) for limit in limits) if n is not None), default=None)
     return too_long
@@ -369,8 +388,13 @@ def set_record(built: BuiltSet, files: dict[str, bytes], filters: dict[str, Any]
 
 
 def replace_all(outputs: dict[Path, bytes]) -> None:
-    """Every file written beside its target first, then each put in place: a build that fails
-    while writing leaves the old files, not a mix of old and new sets."""
+    """Every file written beside its target first, then each renamed into place: a build that fails
+    while writing leaves the old files, not a mix of old and new sets. Temporaries a killed build
+    left beside them are removed first."""
+    for path in outputs:
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if path.parent.is_dir() else ():
+            if temporary_is_stale(stale):
+                stale.unlink(missing_ok=True)
     temporaries: dict[Path, Path] = {}
     try:
         for path, data in outputs.items():
@@ -378,6 +402,8 @@ def replace_all(outputs: dict[Path, bytes]) -> None:
         for path, tmp in list(temporaries.items()):
             os.replace(tmp, path)
             del temporaries[path]
+        for folder in {path.parent for path in outputs}:
+            sync_directory(folder)
     finally:
         for tmp in temporaries.values():
             tmp.unlink(missing_ok=True)

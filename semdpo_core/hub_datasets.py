@@ -9,8 +9,8 @@ file the builder read (a builder such as "parquet" has no commit: its files' dig
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +18,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+log = logging.getLogger("semdpo.data")
+
 HUB_PREFIX = "hf:"
-SPLIT = r"[\w.\-]+(?:\[[^\]]*\])?"  # a split of datasets' split syntax: train, test[:200], train[10%:]
+SPLIT = r"[\w.\-]+(?:\[[^\]]*\](?:\(\w+\))?)?"  # datasets' split syntax: train, test[:200], train[:10%](pct1_dropremainder)
 HUB_SOURCE = re.compile(rf"^hf:(?P<path>[^@:\s]+)(?:@(?P<revision>[^:\s]+))?(?::(?P<split>{SPLIT}(?:\+{SPLIT})*))?$")
 
 
@@ -55,22 +57,37 @@ def parse_hub_source(source: str) -> HubDataset:
 
 def load_hub(spec: HubDataset) -> tuple[Any, dict[str, Any]]:
     """The split as a `datasets.Dataset`, and what it was read from: `resolved`, the commit of a hub
-    repository (None for a builder that reads data_files), and `data_file_sha256`, each file's digest."""
+    repository (None for a builder that reads data_files), and `data_file_sha256`, each data file's
+    digest, taken by `datasets` when it prepared the dataset from those files and kept with it."""
     from datasets import load_dataset_builder
 
     check_revision(spec, str(spec))
     try:
         builder = load_dataset_builder(spec.path, spec.name, data_files=spec.data_files, revision=spec.revision,
                                        **spec.options)
+        builder._record_checksums = True  # sha256 of every file downloaded, into the prepared dataset's info
         builder.download_and_prepare()
         dataset = builder.as_dataset(split=spec.split)
-        files = data_file_digests(builder)
     except Exception as e:  # datasets raises many kinds; each becomes one line that names the dataset
         raise DatasetLoadError(
             f"{spec}: datasets could not load it ({type(e).__name__}: {e}). A hub id needs network access or "
             "the dataset in the local cache (HF_DATASETS_CACHE); check the id, config name, split and revision"
         ) from None
-    return dataset, {"resolved": None if is_builder(spec) else builder.hash, "data_file_sha256": files}
+    provenance = {"resolved": None if is_builder(spec) else builder.hash,
+                  "data_file_sha256": data_file_digests(builder, spec)}
+    return dataset, provenance
+
+
+def data_file_digests(builder: Any, spec: HubDataset) -> dict[str, str] | None:
+    """{data file: sha256} as the prepare step recorded them; None for a dataset prepared in the
+    cache before they were recorded (a warning says how to have them)."""
+    recorded = builder.info.download_checksums or {}
+    digests = {name: entry["checksum"] for name, entry in sorted(recorded.items()) if entry.get("checksum")}
+    if builder.config.data_files and not digests:
+        log.warning("%s: prepared in the datasets cache without its files' sha256; to record them, remove %s "
+                    "and run again", spec, builder.cache_dir)
+        return None
+    return digests
 
 
 def is_builder(spec: HubDataset) -> bool:
@@ -86,22 +103,6 @@ def check_revision(spec: HubDataset, where: str) -> None:
         raise DatasetLoadError(
             f"{where}: a revision pins a hub repository, and {spec.path!r} is a builder reading data_files; pin "
             "the files instead (hf://datasets/OWNER/NAME@REVISION/FILE) or drop the revision")
-
-
-def data_file_digests(builder: Any) -> dict[str, str]:
-    """sha256 of each data file the builder read, by the name it resolved to (a local path, or a URL
-    whose local copy `datasets` keeps in its cache)."""
-    names = sorted({str(f) for files in (builder.config.data_files or {}).values() for f in files})
-    local = builder.dl_manager.download(names) if names else []
-    return {name: file_sha256(path) for name, path in zip(names, local, strict=True)}
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=8)

@@ -58,7 +58,8 @@ def score_table(evaluation: pa.Table, average_over: list[str] | None = None,
     dataset's methods in `normalise_over` (default all), and `avg_score` = the mean of the
     normalised means of `average_over` (default every metric), as in the paper's Tables 5-7.
     A method outside `normalise_over` is put on the same scale beside them (it may fall below 0 or
-    above 1) and changes no other method's score."""
+    above 1) and changes no other method's score, except where the set's methods tie on a metric
+    (see `normalising_range`)."""
     lists = score_lists(evaluation)
     datasets = ordered([k[0] for k in lists])
     methods = ordered([k[1] for k in lists])

@@ -153,6 +153,36 @@ def test_an_existing_file_with_other_contents_is_kept_unless_forced(sources):
     assert len(prompts(sources / "out/coco_test.parquet")) == 4
 
 
+def test_a_record_with_other_contents_is_kept_unless_forced_and_no_two_sets_share_one(sources):
+    config = load_config(write_config(sources))
+    build_data(config)
+    record = record_path(sources / "out/lexica_test.parquet")
+    record.write_text("my notes\n")
+    with pytest.raises(PromptFileError, match=r"lexica_test.build.json exists with other contents.*--force"):
+        build_data(config)
+    assert record.read_text() == "my notes\n"
+    build_data(config, force=True)
+    assert json.loads(record.read_text())["set"] == "lexica"
+    clash = load_config(write_config(sources), [f"data.test_prompts.coco={sources / 'out/lexica_test.pq'}"])
+    with pytest.raises(PromptFileError, match=r"lexica_test.build.json is the record of several sets \(lexica, coco\)"):
+        build_data(clash)
+
+
+def test_a_prepared_dataset_is_read_again_without_downloading_and_with_the_same_digests(sources, monkeypatch):
+    """The data files' sha256 is taken when datasets prepares the dataset and kept with it: a
+    second build reads the prepared cache, fetches nothing and records the same digests."""
+    first = build_data(load_config(write_config(sources)))
+    from datasets import DownloadManager
+
+    def no_download(self, *args, **kwargs):
+        raise AssertionError("a prepared dataset was downloaded again")
+
+    monkeypatch.setattr(DownloadManager, "download", no_download)
+    again = build_data(load_config(write_config(sources)))
+    assert [s.sources for s in again] == [s.sources for s in first]
+    assert all(source["data_file_sha256"] for s in again for source in s.sources)
+
+
 def test_the_command_prints_each_set_and_refuses_a_config_without_build(sources):
     result = CliRunner().invoke(app, ["data", "build", str(write_config(sources))])
     assert result.exit_code == 0, result.output
@@ -167,7 +197,7 @@ def test_the_command_prints_each_set_and_refuses_a_config_without_build(sources)
     assert result.exit_code == 2 and "no prompt column 'text'" in result.output and "'caption'" in result.output
     result = CliRunner().invoke(app, ["data", "build", str(write_config(sources)), "--set",
                                       f"data.test_prompts.coco={sources / 'out' / 'train.parquet'}"])
-    assert result.exit_code == 2 and "named for several sets (train, coco)" in result.output, result.output
+    assert result.exit_code == 2 and "is the file of several sets (train, coco)" in result.output, result.output
     result = CliRunner().invoke(app, ["data", "build", str(write_config(sources)), "--set",
                                       "data.test_prompts={lexica: a.parquet, drawbench: b.parquet}"])
     assert result.exit_code == 2 and ("must name the same sets: only data.test_prompts names ['drawbench']; "
@@ -218,7 +248,9 @@ def test_karpathy_coco_rows_give_one_caption_per_image(tmp_path):
         rows, record = read_source(PromptSource(path=str(tmp_path / folder), layout="coco", split="test"), "t", counts)
         assert record["column"] == "sentences"
         assert [p.text for p in clean(rows, folder, [], set(), counts)] == ["a dog on a sofa", "a kite"]
-        assert counts["same image"] == (1 if folder == "structs" else 0)
+        assert counts["same image"] == 1
+        # the first sentence filtered out: the image's next one describes it
+        assert [p.text for p in clean(rows, folder, ["sofa"], set(), Counter())] == ["a brown dog", "a kite"]
 
 
 def test_an_image_keeps_its_first_caption_that_survives_the_filters(tmp_path):
@@ -236,6 +268,25 @@ def test_an_image_keeps_its_first_caption_that_survives_the_filters(tmp_path):
                                       "a bowl of soup"]
     assert [p.row for p in kept] == [0, 2, 4, 7]
     assert counts == Counter({"read": 8, "empty": 1, "duplicate": 1, "same image": 1, "word filter": 1})
+
+
+def test_an_image_whose_first_caption_is_too_long_or_a_test_prompt_keeps_the_next(sources):
+    """The length and test-overlap filters run on an image's captions before one is chosen, not
+    after: an image is lost only when none of its captions survives."""
+    captions = [(1, LONG), (1, "a man on a bike"), (2, "a castle on a hill at dawn"), (2, "a grey stone tower"),
+                (3, LONG)]
+    (sources / "src/captions_val2014.json").write_text(json.dumps({"annotations": [
+        {"image_id": image, "id": k, "caption": c} for k, (image, c) in enumerate(captions)]}))
+    path = write_config(sources)
+    config = yaml.safe_load(path.read_text())
+    config["data"]["build"]["train"].append(config["data"]["build"]["test"]["coco"])  # COCO in the train set too
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    built = {s.name: s for s in build_data(load_config(path))}
+    assert sorted(p.text for p in built["coco"].prompts) == ["a castle on a hill at dawn", "a man on a bike"]
+    assert built["coco"].counts["too long"] == 2 and built["coco"].counts["same image"] == 1
+    # in the train set, image 2's first caption is a Lexica test prompt: its second stands in
+    train = [p.text for p in built["train"].prompts]
+    assert "a grey stone tower" in train and "a man on a bike" not in train  # that one is a coco test prompt
 
 
 def test_a_prompt_that_is_not_text_is_an_error_naming_its_row_and_column(sources):
@@ -290,6 +341,12 @@ def test_a_build_failing_while_writing_leaves_every_old_file(sources, monkeypatc
     monkeypatch.setattr(data_build, "write_temporary", real)
     build_data(load_config(write_config(sources, max_train=4, max_test=4)), force=True)
     assert len(prompts(sources / "out/train.parquet")) == 4
+    # a temporary a killed build left (a process that is gone) is removed by the next build
+    stale = sources / "out/.train.parquet.somehost-999999.abcd1234.tmp"
+    stale.write_bytes(b"half")
+    os.utime(stale, (0, 0))
+    build_data(load_config(write_config(sources, max_train=4, max_test=4)), force=True)
+    assert not stale.exists() and not list((sources / "out").glob(".*.tmp"))
     mode = (sources / "out/train.parquet").stat().st_mode & 0o777
     umask = os.umask(0)
     os.umask(umask)
@@ -297,7 +354,8 @@ def test_a_build_failing_while_writing_leaves_every_old_file(sources, monkeypatc
 
 
 @pytest.mark.parametrize("source, split", [("hf:o/n", "train"), ("hf:o/n@v2:test[:200]", "test[:200]"),
-                                           ("hf:o/n:train[:10%]+validation", "train[:10%]+validation")])
+                                           ("hf:o/n:train[:10%]+validation", "train[:10%]+validation"),
+                                           ("hf:o/n:test[:33%](pct1_dropremainder)", "test[:33%](pct1_dropremainder)")])
 def test_a_hub_source_takes_datasets_split_syntax(source, split):
     assert parse_hub_source(source).split == split
 

@@ -197,6 +197,7 @@ def test_normalise_over_names_methods():
 
     with pytest.raises(ConfigError, match=r"report.normalise_over \['semdpo'\] name no method; choose from human, sft"):
         load_config(None, ["report.normalise_over=[human,semdpo]"])
+    assert load_config(None, ["report.normalise_over=[human,sem_dpo@alpha=2]"]).report.normalise_over[1] == "sem_dpo@alpha=2"
     assert load_config(None, ["report.normalise_over=[human,promptist]",
                               "evaluate.rewriters={promptist: {model: tiny:gpt2}}"]).report.normalise_over[1] == "promptist"
 
@@ -224,3 +225,4 @@ def test_backbone_plot_names_stay_distinct():
 
     assert slugs(["org/model", "org-model", "tiny:gpt2"]) == {"org/model": "org-model", "org-model": "org-model-2",
                                                               "tiny:gpt2": "tiny-gpt2"}
+    assert len(set(slugs(["a-2", "a", "a!", "a?"]).values())) == 4
