@@ -122,10 +122,12 @@ def check(
     config: Annotated[Optional[str], typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Say, before anything runs, whether every model the config names is on this machine, and
-    the one command that fetches what is missing into the Hugging Face cache."""
+    """Say, before anything runs, whether every model the config names is on this machine (and
+    the one command that fetches what is missing into the Hugging Face cache), then whether
+    every input file holds usable prompts."""
     from semdpo_core.config import load_config
     from semdpo_core.model_needs import fetch_command, model_status
+    from semdpo_core.prompts import check_inputs
 
     cfg = load_config(config, set_)
     status = model_status(cfg)
@@ -135,6 +137,9 @@ def check(
     missing = [(need, files) for need, files in status if files is not None]
     if not missing:
         typer.echo("every model is here")
+        for one in cfg.backbone_configs().values():
+            check_inputs(one)  # reads each backbone's tokenizer: only once the models are here
+        typer.echo("every input file holds usable prompts")
         return
     command = fetch_command(missing)
     typer.echo(f"{len(missing)} missing" + (f"; on a machine with network access run:\n  {command}" if command else ""))
@@ -293,8 +298,9 @@ def data_build(
     require_models(cfg, tokenizer_needs(cfg))  # over-long prompts are counted in every backbone's tokens
     for built in build_data(cfg, force):
         dropped = ", ".join(f"{n:,} {why}" for why, n in built.counts.items() if why not in ("read", "kept", "examined"))
-        typer.echo(f"{built.name}: {len(built.prompts):,} prompts -> {built.path} (of {built.counts['read']:,} read; "
-                   f"dropped: {dropped or 'none'}; record: {record_path(built.path)})")
+        short = f" (SHORT: {built.wanted:,} asked for)" if built.wanted and len(built.prompts) < built.wanted else ""
+        typer.echo(f"{built.name}: {len(built.prompts):,} prompts{short} -> {built.path}{'' if built.written else ' (unchanged)'} "
+                   f"(of {built.counts['read']:,} read; dropped: {dropped or 'none'}; record: {record_path(built.path)})")
 
 
 @app.command()

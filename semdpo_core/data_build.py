@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from semdpo_core.backends import sync_directory, temporary_is_stale, write_temporary
 from semdpo_core.config import DataBuildConfig, PipelineConfig, PromptSource
-from semdpo_core.hub_datasets import HubDataset, check_revision, load_hub
+from semdpo_core.hub_datasets import DatasetLoadError, HubDataset, check_revision, load_hub
 from semdpo_core.prompt_files import PromptFileError, lines
 from semdpo_core.prompts import clean_text, token_limit
 
@@ -78,6 +78,8 @@ class BuiltSet:
     prompts: list[Candidate]
     counts: Counter = field(default_factory=Counter)
     sources: list[dict[str, Any]] = field(default_factory=list)
+    wanted: int | None = None  # the size asked for (None: every prompt)
+    written: bool = False  # False when the file and its record already held these bytes
 
 
 def match_key(text: str) -> str:
@@ -164,7 +166,10 @@ def read_source(source: PromptSource, where: str, counts: Counter) -> tuple[list
     record: the load's arguments, the commit it resolved to and its data files' sha256."""
     spec = hub_dataset(source)
     log.info("%s: loading %s", where, spec)
-    dataset, provenance = load_hub(spec)
+    try:
+        dataset, provenance = load_hub(spec)
+    except DatasetLoadError as e:
+        raise DatasetLoadError(f"{where}: {e}") from None
     column = prompt_column(source, dataset.column_names, f"{where} ({spec})")
     group = next((g for g in LAYOUTS[source.layout].groups if g in dataset.column_names), None)
     values = dataset[column]
@@ -290,9 +295,9 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
                "near_duplicate": build.near_duplicate, "word_filter": word_filter_record(build.word_filter, words)}
     files = {built.name: parquet_bytes(set_table(built, d.prompt_column)) for built in sets}
     for built in sets:
-        wanted = size if built.name == "train" else d.max_test_prompts
-        if wanted is not None and len(built.prompts) < wanted:
-            log.warning("%s: only %d prompts left of the %d asked for", built.name, len(built.prompts), wanted)
+        built.wanted = size if built.name == "train" else d.max_test_prompts
+        if built.wanted is not None and len(built.prompts) < built.wanted:
+            log.warning("%s: only %d prompts left of the %d asked for", built.name, len(built.prompts), built.wanted)
         built.counts["kept"] = len(built.prompts)
         if not built.prompts:
             raise PromptFileError(f"{built.name}: no prompt is left to write ({counts_line(built.counts)}); "
@@ -301,12 +306,17 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
     for built in sets:
         writes[built.path] = files[built.name]
         writes[record_path(built.path)] = set_record(built, files, filters)
-    for path, data in writes.items():
-        if path.exists() and sha256(path) != digest(data) and not force:
-            raise PromptFileError(f"{path} exists with other contents; move it away or pass --force to replace it")
-    replace_all(writes)
+    unchanged = {path for path, data in writes.items() if path.is_file() and sha256(path) == digest(data)}
+    conflicts = [str(path) for path in writes if path.exists() and path not in unchanged]
+    if conflicts and not force:
+        raise PromptFileError(f"{', '.join(conflicts)} exist{'s' if len(conflicts) == 1 else ''} with other contents; "
+                              "move them away or pass --force to replace them")
+    remove_stale_temporaries(writes)
+    replace_all({path: data for path, data in writes.items() if path not in unchanged})
     for built in sets:
-        log.info("%s: %d prompts -> %s (%s)", built.name, len(built.prompts), built.path, counts_line(built.counts))
+        built.written = not {built.path, record_path(built.path)} <= unchanged
+        log.info("%s: %d prompts -> %s%s (%s)", built.name, len(built.prompts), built.path,
+                 "" if built.written else " (unchanged)", counts_line(built.counts))
     return sets
 
 
@@ -331,8 +341,10 @@ def required_build(config: PipelineConfig) -> DataBuildConfig:
     if named != built:
         sides = [f"only data.test_prompts names {sorted(named - built)}" if named - built else "",
                  f"only data.build.test names {sorted(built - named)}" if built - named else ""]
+        hint = (f"; data.test_prompts is one file, so its set is named {sorted(named)[0]!r} after it: write it as "
+                f"{{NAME: FILE}} with the name data.build.test uses" if isinstance(config.data.test_prompts, str) else "")
         raise PromptFileError("data.build.test and data.test_prompts must name the same sets: "
-                              + "; ".join(side for side in sides if side))
+                              + "; ".join(side for side in sides if side) + hint)
     return build
 
 
@@ -387,14 +399,17 @@ def set_record(built: BuiltSet, files: dict[str, bytes], filters: dict[str, Any]
     return (json.dumps(record, indent=2, default=str) + "\n").encode()
 
 
-def replace_all(outputs: dict[Path, bytes]) -> None:
-    """Every file written beside its target first, then each renamed into place: a build that fails
-    while writing leaves the old files, not a mix of old and new sets. Temporaries a killed build
-    left beside them are removed first."""
-    for path in outputs:
+def remove_stale_temporaries(paths: Iterable[Path]) -> None:
+    """The temporaries a killed build left beside these files (their writer is gone)."""
+    for path in paths:
         for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if path.parent.is_dir() else ():
             if temporary_is_stale(stale):
                 stale.unlink(missing_ok=True)
+
+
+def replace_all(outputs: dict[Path, bytes]) -> None:
+    """Every file written beside its target first, then each renamed into place: a build that fails
+    while writing leaves the old files, not a mix of old and new sets."""
     temporaries: dict[Path, Path] = {}
     try:
         for path, data in outputs.items():

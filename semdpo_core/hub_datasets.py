@@ -13,6 +13,7 @@ import io
 import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -62,6 +63,7 @@ def load_hub(spec: HubDataset) -> tuple[Any, dict[str, Any]]:
     from datasets import load_dataset_builder
 
     check_revision(spec, str(spec))
+    check_path(spec)
     try:
         builder = load_dataset_builder(spec.path, spec.name, data_files=spec.data_files, revision=spec.revision,
                                        **spec.options)
@@ -69,10 +71,7 @@ def load_hub(spec: HubDataset) -> tuple[Any, dict[str, Any]]:
         builder.download_and_prepare()
         dataset = builder.as_dataset(split=spec.split)
     except Exception as e:  # datasets raises many kinds; each becomes one line that names the dataset
-        raise DatasetLoadError(
-            f"{spec}: datasets could not load it ({type(e).__name__}: {e}). A hub id needs network access or "
-            "the dataset in the local cache (HF_DATASETS_CACHE); check the id, config name, split and revision"
-        ) from None
+        raise DatasetLoadError(f"{spec}: datasets could not load it ({type(e).__name__}: {e}); {load_hint(spec)}") from None
     provenance = {"resolved": None if is_builder(spec) else builder.hash,
                   "data_file_sha256": data_file_digests(builder, spec)}
     return dataset, provenance
@@ -88,6 +87,32 @@ def data_file_digests(builder: Any, spec: HubDataset) -> dict[str, str] | None:
                     "and run again", spec, builder.cache_dir)
         return None
     return digests
+
+
+BUILDER_OF_SUFFIX = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".txt": "text"}
+
+
+def check_path(spec: HubDataset) -> None:
+    """Refuse, before `datasets` is asked, the two mistakes its own errors explain worst: a file
+    named as the path, and a builder without files."""
+    if Path(spec.path).expanduser().is_file():
+        builder = BUILDER_OF_SUFFIX.get(Path(spec.path).suffix.lower(), "parquet")
+        raise DatasetLoadError(f"{spec}: path names a file; read it with its builder: path: {builder}, "
+                               f"data_files: {spec.path}")
+    if is_builder(spec) and not spec.data_files:
+        raise DatasetLoadError(f"{spec}: the {spec.path} builder reads data_files; name the file(s) to read")
+
+
+def load_hint(spec: HubDataset) -> str:
+    """What to check after a failed load, for the kind of path it was."""
+    if is_builder(spec):
+        return "check data_files (a relative path is read from the current directory)" + (
+            " and `field` (the key holding the rows)" if spec.path == "json" else "")
+    folder = Path(spec.path).expanduser()
+    if folder.is_dir():
+        return "check the folder's layout (data/SPLIT-*.parquet or a loading config), the config name and the split"
+    return (f"a hub id needs network access or the dataset in the local cache (HF_DATASETS_CACHE); check the id, "
+            f"config name, split and revision (and there is no folder {folder.resolve()} here)")
 
 
 def is_builder(spec: HubDataset) -> bool:

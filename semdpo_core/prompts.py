@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -137,7 +138,13 @@ def check_inputs(config: PipelineConfig) -> None:
     sources = {"data.train_prompts": d.train_prompts, **{f"data.test_prompts ({name})": source
                                                           for name, source in d.test_sets().items()}}
     for field, source in sources.items():
-        _check_usable(field, source, d.prompt_column, too_long, d.max_prompt_tokens)
+        if not source.startswith(("world:", "demo:", "hf:")) and not Path(source).expanduser().exists():
+            raise PromptFileError(f"{source} ({field}): prompt file does not exist"
+                                  + ("; `semdpo data build` writes it from data.build" if d.build else ""))
+        try:
+            _check_usable(field, source, d.prompt_column, too_long, d.max_prompt_tokens)
+        except PromptFileError as e:  # a read error names the file; say which field names it
+            raise (e if f"({field})" in str(e) else PromptFileError(f"{field}: {e}")) from None
     if d.preference_pairs is not None:
         own_pairs_table(d.preference_pairs)  # readable, the three columns, a pair at least
     if not read_records(d.sft_pairs, ["original", "rewrite"]):

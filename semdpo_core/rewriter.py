@@ -22,7 +22,7 @@ def pose(prompt: str) -> str:
 
 def prompt_token_count(tokenizer: Any, prompt: str) -> int:
     """Tokens the posed prompt takes in the rewriter's context."""
-    return len(tokenizer(pose(prompt), add_special_tokens=False).input_ids)
+    return len(tokenizer(pose(prompt), add_special_tokens=False, verbose=False).input_ids)  # no warning for a long one
 
 
 def encode_pairs(tokenizer: Any, prompts: list[str], completions: list[str], max_length: int) -> dict[str, torch.Tensor]:

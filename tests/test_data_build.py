@@ -207,6 +207,66 @@ def test_the_command_prints_each_set_and_refuses_a_config_without_build(sources)
     assert result.exit_code == 2 and f"sft.backbones: {absent} (not here)" in result.output, result.output
 
 
+def test_the_command_marks_a_short_set_and_an_unchanged_rerun_and_names_every_conflict(sources):
+    path = str(write_config(sources, max_train=4, max_test=5))
+    first = CliRunner().invoke(app, ["data", "build", path])
+    assert first.exit_code == 0, first.output
+    assert "coco: 4 prompts (SHORT: 5 asked for) -> " in first.output and "lexica: 5 prompts -> " in first.output
+    assert "(unchanged)" not in first.output
+    mtime = (sources / "out/train.parquet").stat().st_mtime_ns
+    again = CliRunner().invoke(app, ["data", "build", path])
+    assert again.exit_code == 0 and again.output.count("(unchanged)") == 3, again.output
+    assert (sources / "out/train.parquet").stat().st_mtime_ns == mtime  # not written again
+    other = CliRunner().invoke(app, ["data", "build", str(write_config(sources, max_train=3, max_test=3))])
+    assert other.exit_code == 2 and "exist with other contents" in other.output
+    for name in ("train.parquet", "train.build.json", "lexica_test.parquet", "coco_test.parquet"):
+        assert str(sources / "out" / name) in other.output, name
+
+
+def test_a_source_that_cannot_be_loaded_is_named_by_its_field_with_what_to_check(sources):
+    def build_with(source):
+        path = write_config(sources)
+        config = yaml.safe_load(path.read_text())
+        config["data"]["build"]["train"][0] = source
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        with pytest.raises(DatasetLoadError) as error:
+            build_data(load_config(path))
+        return str(error.value)
+
+    metadata = str(sources / "src/metadata.parquet")
+    assert build_with({"layout": "diffusiondb", "path": metadata}) == (
+        f"data.build.train[0]: {metadata}[train]: path names a file; read it with its builder: path: parquet, "
+        f"data_files: {metadata}")
+    assert "data.build.train[0]: json[train]: the json builder reads data_files" in build_with({"path": "json"})
+    missing = build_with({"path": "parquet", "data_files": str(sources / "src/nope.parquet")})
+    assert missing.startswith("data.build.train[0]: parquet[train]") and "check data_files" in missing
+    assert "hub id" not in missing
+    folder = build_with({"path": str(sources / "src/lexica"), "split": "validation"})
+    assert "Unknown split" in folder and "check the folder's layout" in folder
+
+
+def test_a_single_test_file_is_told_how_to_name_its_set(sources):
+    config = load_config(write_config(sources), [f"data.test_prompts={sources / 'out/test.parquet'}"])
+    with pytest.raises(PromptFileError, match=r"only data.test_prompts names \['test'\].*one file, so its set is named "
+                                              r"'test' after it: write it as \{NAME: FILE\}"):
+        build_data(config)
+
+
+def test_check_reads_the_built_files_and_says_how_to_make_missing_ones(sources):
+    path = str(write_config(sources, max_train=4, max_test=3))
+    result = CliRunner().invoke(app, ["check", path])
+    assert result.exit_code == 2, result.output
+    assert f"{sources / 'out/train.parquet'} (data.train_prompts): prompt file does not exist; `semdpo data build` " \
+           "writes it from data.build" in result.output
+    assert CliRunner().invoke(app, ["data", "build", path]).exit_code == 0
+    result = CliRunner().invoke(app, ["check", path, "--set", "data.sft_pairs=demo:sft_pairs"])
+    assert result.exit_code == 0 and "every input file holds usable prompts" in result.output, result.output
+    (sources / "out/coco_test.parquet").write_bytes(b"")
+    result = CliRunner().invoke(app, ["check", path, "--set", "data.sft_pairs=demo:sft_pairs"])
+    assert result.exit_code == 2 and "error: data.test_prompts (coco): " in result.output, result.output
+    assert "coco_test.parquet: not a readable Parquet file" in result.output
+
+
 def test_near_duplicates_agree_with_brute_force():
     rng = random.Random(0)
     vocabulary = [f"w{i}" for i in range(12)]
