@@ -52,7 +52,7 @@ def parse_hub_source(source: str) -> HubDataset:
     if not match:
         raise DatasetLoadError(f"{source!r}: a dataset source reads hf:OWNER/NAME[@REVISION][:SPLIT] with no spaces, "
                                "SPLIT a split or datasets' split syntax (test[:200], train+validation); "
-                               "for example hf:trl-lib/my-pairs@main:train")
+                               "for example hf:Gustavosta/Stable-Diffusion-Prompts@main:test")
     return HubDataset(match["path"], split=match["split"] or "train", revision=match["revision"])
 
 

@@ -33,6 +33,19 @@ class PromptFileError(ValueError):
     """A prompt file that cannot be used as it is; the message says where and what to fix."""
 
 
+class PromptFileMissing(PromptFileError):
+    """A prompt file that is not there (yet)."""
+
+
+def field_error(field: str, error: PromptFileError, buildable: bool) -> PromptFileError:
+    """`error` naming the config field whose source it is, and for a missing file that `semdpo
+    data build` writes (`buildable`: data.build is set), that command."""
+    text = str(error) if f"({field})" in str(error) else f"{field}: {error}"
+    if buildable and isinstance(error, PromptFileMissing):
+        text += "; `semdpo data build CONFIG` writes it from data.build"
+    return PromptFileError(text)
+
+
 @dataclass(frozen=True)
 class Record:
     """One row of a source: its fields and where it came from (file:line)."""
@@ -70,7 +83,7 @@ def source_bytes(source: str) -> tuple[str, bytes, str]:
     try:
         return str(path), path.read_bytes(), fmt
     except FileNotFoundError:
-        raise PromptFileError(f"{path}: prompt file does not exist") from None
+        raise PromptFileMissing(f"{path}: prompt file does not exist") from None
     except IsADirectoryError:
         raise PromptFileError(f"{path}: is a directory, not a prompt file; name the file inside it") from None
     except PermissionError:

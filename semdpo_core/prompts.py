@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -17,7 +16,7 @@ from semdpo_core.config import PipelineConfig, named_test_sets
 from semdpo_core.context import Output, StageContext
 from semdpo_core.models import pretrained
 from semdpo_core.pairs import own_pairs_table
-from semdpo_core.prompt_files import PromptFileError, Record, prompt_id, read_records
+from semdpo_core.prompt_files import PromptFileError, Record, field_error, prompt_id, read_records
 from semdpo_core.rewriter import prompt_token_count
 from semdpo_core.schemas import PROMPTS
 
@@ -138,13 +137,10 @@ def check_inputs(config: PipelineConfig) -> None:
     sources = {"data.train_prompts": d.train_prompts, **{f"data.test_prompts ({name})": source
                                                           for name, source in d.test_sets().items()}}
     for field, source in sources.items():
-        if not source.startswith(("world:", "demo:", "hf:")) and not Path(source).expanduser().exists():
-            raise PromptFileError(f"{source} ({field}): prompt file does not exist"
-                                  + ("; `semdpo data build` writes it from data.build" if d.build else ""))
         try:
             _check_usable(field, source, d.prompt_column, too_long, d.max_prompt_tokens)
         except PromptFileError as e:  # a read error names the file; say which field names it
-            raise (e if f"({field})" in str(e) else PromptFileError(f"{field}: {e}")) from None
+            raise field_error(field, e, d.build is not None) from None
     if d.preference_pairs is not None:
         own_pairs_table(d.preference_pairs)  # readable, the three columns, a pair at least
     if not read_records(d.sft_pairs, ["original", "rewrite"]):

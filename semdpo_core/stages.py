@@ -28,7 +28,7 @@ from semdpo_core.fidelity import fidelity_shard
 from semdpo_core.label import label_shard
 from semdpo_core.methods import TrainRun, get_method, train_runs
 from semdpo_core.pairs import pairs_stage
-from semdpo_core.prompt_files import source_digest
+from semdpo_core.prompt_files import PromptFileError, field_error, source_digest
 from semdpo_core.prompts import prompts_stage
 from semdpo_core.reference import reference_shard
 from semdpo_core.render import render_shard
@@ -138,13 +138,22 @@ def prompts_settings(config: PipelineConfig) -> dict[str, Any]:
     # preference_pairs is the pairs stage's; build says how the files were made (their digests are hashed)
     data = config.data.model_dump(exclude={"preference_pairs", "build"})
     data["digests"] = {
-        "train_prompts": source_digest(config.data.train_prompts),
-        "test_prompts": {name: source_digest(source) for name, source in config.data.test_sets().items()},
+        "train_prompts": field_digest("data.train_prompts", config.data.train_prompts, config),
+        "test_prompts": {name: field_digest(f"data.test_prompts ({name})", source, config)
+                         for name, source in config.data.test_sets().items()},
     }
     settings = {"data": data, "tokenizer": config.sft.base_model, "seed": config.seed}
     if config.train.chooses_alpha():
         settings["validation_prompts"] = config.train.validation_prompts
     return settings
+
+
+def field_digest(field: str, source: str, config: PipelineConfig) -> str:
+    """A prompt source's digest; an error names its config field."""
+    try:
+        return source_digest(source)
+    except PromptFileError as e:
+        raise field_error(field, e, config.data.build is not None) from None
 
 
 def candidates_settings(config: PipelineConfig) -> dict[str, Any]:

@@ -256,8 +256,10 @@ def test_check_reads_the_built_files_and_says_how_to_make_missing_ones(sources):
     path = str(write_config(sources, max_train=4, max_test=3))
     result = CliRunner().invoke(app, ["check", path])
     assert result.exit_code == 2, result.output
-    assert f"{sources / 'out/train.parquet'} (data.train_prompts): prompt file does not exist; `semdpo data build` " \
-           "writes it from data.build" in result.output
+    assert f"error: data.train_prompts: {sources / 'out/train.parquet'}: prompt file does not exist; `semdpo data " \
+           "build CONFIG` writes it from data.build" in result.output
+    result = CliRunner().invoke(app, ["status", path])  # as status (and run, and the flow) plan the prompts
+    assert result.exit_code == 2 and "error: data.train_prompts: " in result.output and "data build" in result.output
     assert CliRunner().invoke(app, ["data", "build", path]).exit_code == 0
     result = CliRunner().invoke(app, ["check", path, "--set", "data.sft_pairs=demo:sft_pairs"])
     assert result.exit_code == 0 and "every input file holds usable prompts" in result.output, result.output
