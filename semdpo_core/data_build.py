@@ -214,11 +214,15 @@ def clean(rows: list[Row], label: str, words: list[str], seen: set[str], counts:
 def rejects(too_long: Callable[[str], int | None], tests: NearDuplicates | None = None) -> Callable[[Candidate], str | None]:
     """Why a prompt is not drawn: too long for a backbone, or (for the train set) a test prompt's twin."""
     def reason(candidate: Candidate) -> str | None:
-        match = tests.match(candidate.key) if tests is not None else None
-        if match:
-            return "in a test set" if match == "same" else "near a test prompt"
-        return "too long" if too_long(candidate.text) is not None else None
+        return (overlap(tests, candidate) if tests is not None else None) or (
+            "too long" if too_long(candidate.text) is not None else None)
     return reason
+
+
+def overlap(tests: NearDuplicates, candidate: Candidate) -> str | None:
+    """Why a train prompt is dropped for a test set: it is one of its prompts, or nearly one."""
+    match = tests.match(candidate.key)
+    return None if match is None else "in a test set" if match == "same" else "near a test prompt"
 
 
 def fill(candidates: list[Candidate], size: int | None, seed: int, too_long: Callable[[str], int | None],
@@ -263,15 +267,16 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
     # 2. the test sets, each from its own source
     sets = []
     for name, source in build.test.items():
-        built = BuiltSet(name, outputs[name], [])
+        built = BuiltSet(name, outputs[name], [], wanted=d.max_test_prompts)
         rows, record = read_source(source, f"data.build.test.{name}", built.counts)
         built.sources.append(record)
         cleaned = clean(rows, str(hub_dataset(source)), words, set(), built.counts, rejects(too_long))
-        built.prompts = fill(cleaned, d.max_test_prompts, config.seed, too_long, built.counts)
+        built.prompts = fill(cleaned, built.wanted, config.seed, too_long, built.counts)
         sets.append(built)
 
     # 3. the train set: every train source pooled, no prompt (nearly) in a test set
-    train = BuiltSet("train", outputs["train"], [])
+    size = None if d.max_train_prompts is None else d.max_train_prompts + validation_size(config)
+    train = BuiltSet("train", outputs["train"], [], wanted=size)
     tests = NearDuplicates((p.key for s in sets for p in s.prompts), build.near_duplicate)
     pool: list[Candidate] = []
     seen: set[str] = set()
@@ -281,21 +286,26 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
         pool += clean(rows, str(hub_dataset(source)), words, seen, train.counts, rejects(too_long, tests))
     disjoint = []
     for candidate in tqdm(pool, desc="test overlap", unit="prompt", mininterval=5):
-        match = tests.match(candidate.key)
-        if match:
-            train.counts["in a test set" if match == "same" else "near a test prompt"] += 1
+        reason = overlap(tests, candidate)
+        if reason:
+            train.counts[reason] += 1
         else:
             disjoint.append(candidate)
-    size = None if d.max_train_prompts is None else d.max_train_prompts + validation_size(config)
-    train.prompts = fill(disjoint, size, config.seed, too_long, train.counts)
+    train.prompts = fill(disjoint, train.wanted, config.seed, too_long, train.counts)
     sets.append(train)
 
     # 4. every file checked, then written, each with its record beside it
     filters = {"tokenizers": list(config.backbone_configs()), "max_prompt_tokens": d.max_prompt_tokens, "seed": config.seed,
                "near_duplicate": build.near_duplicate, "word_filter": word_filter_record(build.word_filter, words)}
-    files = {built.name: parquet_bytes(set_table(built, d.prompt_column)) for built in sets}
+    write_sets(sets, filters, d.prompt_column, force)
+    return sets
+
+
+def write_sets(sets: list[BuiltSet], filters: dict[str, Any], column: str, force: bool) -> None:
+    """Each set's Parquet file and record, none written unless every one can be: a set with no
+    prompt, or an existing file with other contents (without `force`), stops the build first."""
+    files = {built.name: parquet_bytes(set_table(built, column)) for built in sets}
     for built in sets:
-        built.wanted = size if built.name == "train" else d.max_test_prompts
         if built.wanted is not None and len(built.prompts) < built.wanted:
             log.warning("%s: only %d prompts left of the %d asked for", built.name, len(built.prompts), built.wanted)
         built.counts["kept"] = len(built.prompts)
@@ -317,7 +327,6 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
         built.written = not {built.path, record_path(built.path)} <= unchanged
         log.info("%s: %d prompts -> %s%s (%s)", built.name, len(built.prompts), built.path,
                  "" if built.written else " (unchanged)", counts_line(built.counts))
-    return sets
 
 
 def counts_line(counts: Counter) -> str:
