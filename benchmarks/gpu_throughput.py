@@ -12,7 +12,7 @@ Stages and baselines (the same model, inputs and device in both columns):
 - train: one preference-training step with batch 8 (pairs per second; TRL's trainer is compared
   in benchmarks/train_speed.py).
 `--size full` (default on CUDA) uses the paper's models at real size with random weights
-(semdpo_core/profiles.py: SD v1.4 at 512x512 with DDIM 20 steps, Qwen1.5-1.8B, ViT-L/H scorers);
+(benchmarks/profiles.py: SD v1.4 at 512x512 with DDIM 20 steps, Qwen1.5-1.8B, ViT-L/H scorers);
 `--size tiny` (default on CPU) the offline default's tiny models, so CI can check this runs.
 The projection of the whole run that `--config` describes (default configs/paper.yaml: 50k
 prompts, two candidates each, every method of train.methods trained and evaluated on the test
@@ -42,7 +42,7 @@ CANDIDATES = 2  # rewrites per prompt when timing candidate generation (the pape
 
 
 def demo_prompts(n: int) -> list[str]:
-    from semdpo_core.prompt_files import read_records
+    from semdpo_core.data.prompt_sources import read_records
 
     texts = [r.fields["prompt"] for r in read_records("demo:train_prompts", ["prompt"])]
     return (texts * (n // len(texts) + 1))[:n]
@@ -94,9 +94,9 @@ def compare(name: str, unit: str, items: int, ours: Callable[[], Any], baseline:
 
 
 def bench_candidates(size: str, device: torch.device, n: int, batch: int, new_tokens: int) -> dict:
-    from semdpo_core import profiles
-    from semdpo_core.models import generation_dtype
-    from semdpo_core.rewriter import generate
+    from benchmarks import profiles
+    from semdpo_core.models.loading import generation_dtype
+    from semdpo_core.models.rewriter import generate
 
     model, tokenizer = profiles.rewriter(size, device, generation_dtype(device))  # the candidates stage's dtype
     prompts = demo_prompts(n)
@@ -123,9 +123,9 @@ def bench_candidates(size: str, device: torch.device, n: int, batch: int, new_to
 
 def bench_render(size: str, device: torch.device, dtype: torch.dtype, n: int, batch: int, steps: int, px: int,
                  compile_unet: bool = False) -> dict:
-    from semdpo_core import profiles
-    from semdpo_core.models import optimize_for_inference
-    from semdpo_core.render import render_images
+    from benchmarks import profiles
+    from semdpo_core.models.loading import optimize_for_inference
+    from semdpo_core.stages.render import render_images
 
     pipe = profiles.stable_diffusion(size, device, dtype)
     prompts, seeds = demo_prompts(n), list(range(n))
@@ -151,7 +151,7 @@ def bench_render(size: str, device: torch.device, dtype: torch.dtype, n: int, ba
 def bench_scorer(kind: str, size: str, device: torch.device, n: int, batch: int) -> dict:
     from PIL import Image
 
-    from semdpo_core import profiles
+    from benchmarks import profiles
 
     scorer = profiles.scorer(kind, size, device)  # in the stage's own dtype
     images = [Image.new("RGB", (512, 512), (i * 37 % 256, 90, 160)) for i in range(n)]
@@ -169,10 +169,10 @@ def bench_scorer(kind: str, size: str, device: torch.device, n: int, batch: int)
 
 
 def bench_train(size: str, device: torch.device, steps: int) -> dict:
-    from semdpo_core import profiles
-    from semdpo_core.config import TrainConfig
-    from semdpo_core.reference import kl_completions, reference_logps
-    from semdpo_core.train import PreferenceData, train_preference
+    from benchmarks import profiles
+    from semdpo_core.pipeline.config import TrainConfig
+    from semdpo_core.stages.reference import kl_completions, reference_logps
+    from semdpo_core.stages.train import PreferenceData, train_preference
 
     policy, tokenizer = profiles.rewriter(size, device, torch.float32)  # as the train stage: fp32 weights, autocast
     n = 8 * steps
@@ -195,8 +195,9 @@ def bench_train(size: str, device: torch.device, steps: int) -> dict:
 
 def run_work(config: Any) -> dict[str, float]:
     """How much each stage of the run `config` describes has to do (items in each stage's unit)."""
-    from semdpo_core.methods import get_method
-    from semdpo_core.stages import evaluated_labels, runs as train_runs
+    from semdpo_core.pipeline.stage_table import evaluated_labels
+    from semdpo_core.pipeline.stage_table import runs as train_runs
+    from semdpo_core.preference.methods import get_method
 
     runs = train_runs(config)
     evaluated = evaluated_labels(config)
@@ -258,7 +259,7 @@ def main() -> None:
     for kind in ("image_reward", "hpsv2", "pickscore"):
         rows[kind] = bench_scorer(kind, args.size, device, args.items, args.batch_size)
     rows["train"] = bench_train(args.size, device, steps=4 if full else 3)
-    from semdpo_core.config import load_config
+    from semdpo_core.pipeline.config import load_config
 
     run = load_config(args.config)
     hours = projection(rows, run)

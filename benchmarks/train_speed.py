@@ -33,7 +33,7 @@ CONFIGS = ("ours:dpo", "ours:sem_dpo", "trl:dpo")
 
 def benchmark_pairs(n: int) -> tuple[list[str], list[str], list[str], list[float]]:
     """Pairs from the demo SFT set: the demo rewrite is chosen, another prompt's rewrite rejected."""
-    from semdpo_core.prompt_files import read_records
+    from semdpo_core.data.prompt_sources import read_records
 
     records = read_records("demo:sft_pairs", ["original", "rewrite"])
     records = (records * (n // len(records) + 1))[:n]
@@ -55,10 +55,10 @@ def peak_memory_mb(device) -> float:
 def run_ours(method: str, model_ref: str, steps: int, batch_size: int) -> dict:
     import torch
 
-    from semdpo_core.config import TrainConfig
-    from semdpo_core.models import load_rewriter, resolve_device
-    from semdpo_core.reference import kl_completions, reference_logps
-    from semdpo_core.train import PreferenceData, train_preference
+    from semdpo_core.models.loading import load_rewriter, resolve_device
+    from semdpo_core.pipeline.config import TrainConfig
+    from semdpo_core.stages.reference import kl_completions, reference_logps
+    from semdpo_core.stages.train import PreferenceData, train_preference
 
     device = resolve_device("auto")
     prompts, chosen, rejected, distance = benchmark_pairs(steps * batch_size)
@@ -82,8 +82,8 @@ def run_trl(model_ref: str, steps: int, batch_size: int) -> dict:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from semdpo_core.models import load_rewriter, resolve_device
-    from semdpo_core.rewriter import pose
+    from semdpo_core.models.loading import load_rewriter, resolve_device
+    from semdpo_core.models.rewriter import pose
 
     device = resolve_device("auto")
     prompts, chosen, rejected, _ = benchmark_pairs(steps * batch_size)

@@ -57,6 +57,19 @@ def screenshot(chromium: str, page: str, target: Path, height: int = 1400) -> No
                    check=True, capture_output=True, timeout=120)
 
 
+def server_command(port: int) -> list[str]:
+    """Prefect's server from this interpreter's environment (a venv's bin folder need not be on PATH)."""
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def run_command(config: str | None, overrides: list[str]) -> list[str]:
+    """`semdpo run` from this interpreter's environment, with each override as a --set."""
+    command = [sys.executable, "-m", "flows.cli", "run", *([config] if config else [])]
+    for override in overrides:
+        command += ["--set", override]
+    return command
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the store, the server's home and the PNGs")
@@ -71,13 +84,10 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(args.out / "prefect"), "PREFECT_API_URL": url,
            "PREFECT_UI_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(server_command(port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         wait_healthy(url)
-        command = ["semdpo", "run", *([args.config] if args.config else []), "--set", f"store={args.out / 'store'}"]
-        for override in args.overrides:
-            command += ["--set", override]
+        command = run_command(args.config, [f"store={args.out / 'store'}", *args.overrides])
         print("running:", " ".join(command), flush=True)
         subprocess.run(command, env=env, check=True)
         runs = api(url, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})

@@ -42,8 +42,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from semdpo_core.world.grammar import train_prompts
-    from semdpo_core.world.render import WorldRenderer
-    from semdpo_core.world.scorers import AlignmentScorer, PreferenceScorer
+    from semdpo_core.world.pixel_scorers import AlignmentScorer, PreferenceScorer
+    from semdpo_core.world.renderer import WorldRenderer
 
     prompts = train_prompts(args.images, seed=0)
     seeds = list(range(args.images))

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from semdpo_core.stages import STAGES
+from semdpo_core.pipeline.stage_table import STAGES
 
 PREFECT_FILE = Path(__file__).resolve().parent.parent / "prefect.yaml"
 PREFECT_VERSION = "3.8.8"
 
 HEADER = f"""\
 # Deployments of the semdpo pipeline: the whole pipeline, and each stage alone.
-# Written from the stage table (semdpo_core/stages.py) by `python -m deployments.prefect_yaml`;
+# Written from the stage table (semdpo_core/pipeline/stage_table.py) by `python -m deployments.prefect_yaml`;
 # edit that, not this file. `semdpo deploy` creates the two work pools and registers all of
 # these (`prefect deploy --all`).
 # Parameters: config_path (a YAML config on the worker; null: the offline default), overrides

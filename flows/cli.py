@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -20,13 +20,13 @@ class UserError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors a user's config, input files, models or store cause (each message says what to do)."""
-    from semdpo_core.backends import StoreError
-    from semdpo_core.config import ConfigError
+    from semdpo_core.data.hub_datasets import DatasetLoadError
+    from semdpo_core.data.prompt_sources import PromptFileError
     from semdpo_core.export import RunNotTrained
-    from semdpo_core.hub_datasets import DatasetLoadError
-    from semdpo_core.models import ModelNotFound
-    from semdpo_core.prompt_files import PromptFileError
-    from semdpo_core.store import CorruptArtifact, DatasetMissing
+    from semdpo_core.models.loading import ModelNotFound
+    from semdpo_core.pipeline.config import ConfigError
+    from semdpo_core.store.artifact_store import CorruptArtifact, DatasetMissing
+    from semdpo_core.store.backends import StoreError
 
     return (UserError, ConfigError, PromptFileError, ModelNotFound, StoreError, CorruptArtifact, DatasetMissing, RunNotTrained,
             DatasetLoadError)
@@ -47,24 +47,24 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 SetOption = Annotated[
-    Optional[list[str]], typer.Option("--set", help="override a config field: section.field=value (repeatable)")
+    list[str] | None, typer.Option("--set", help="override a config field: section.field=value (repeatable)")
 ]
 
 
 @app.command()
 def run(
-    config: Annotated[Optional[str], typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
+    config: Annotated[str | None, typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
     set_: SetOption = None,
-    stage: Annotated[Optional[str], typer.Option(help="run this stage alone (its upstream must be done)")] = None,
+    stage: Annotated[str | None, typer.Option(help="run this stage alone (its upstream must be done)")] = None,
 ) -> None:
     """Run the whole pipeline (or one stage); finished stages are reused from the store."""
-    from semdpo_core.backends import StoreError, open_backend
-    from semdpo_core.config import ConfigError, load_config
-    from semdpo_core.model_needs import require_models
-    from semdpo_core.models import ModelNotFound
-    from semdpo_core.prompts import PromptFileError, check_inputs
-    from semdpo_core.stages import STAGE_NAMES
-    from semdpo_core.store import CorruptArtifact
+    from semdpo_core.models.loading import ModelNotFound
+    from semdpo_core.models.needs import require_models
+    from semdpo_core.pipeline.config import ConfigError, load_config
+    from semdpo_core.pipeline.stage_table import STAGE_NAMES
+    from semdpo_core.stages.prompts import PromptFileError, check_inputs
+    from semdpo_core.store.artifact_store import CorruptArtifact
+    from semdpo_core.store.backends import StoreError, open_backend
 
     try:  # fail here, before Prefect starts, on a bad config or bad input files
         cfg = load_config(config, set_)
@@ -78,8 +78,8 @@ def run(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     from flows.pipeline import UpstreamMissing, pipeline
-    from semdpo_core.backends import StoreUnavailable
-    from semdpo_core.store import DatasetMissing
+    from semdpo_core.store.artifact_store import DatasetMissing
+    from semdpo_core.store.backends import StoreUnavailable
 
     try:
         table = pipeline(config_path=config, overrides=set_ or [], stage=stage)
@@ -100,12 +100,12 @@ def run(
 @app.command()
 @one_line_errors
 def status(
-    config: Annotated[Optional[str], typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
+    config: Annotated[str | None, typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
     set_: SetOption = None,
 ) -> None:
     """Show, per stage, whether the store holds it: done, damaged, partly done (shards) or missing."""
-    from semdpo_core.config import load_config
-    from semdpo_core.status import pipeline_status
+    from semdpo_core.pipeline.config import load_config
+    from semdpo_core.store.status import pipeline_status
 
     cfg = load_config(config, set_)
     typer.echo(f"config {cfg.name!r}, store {cfg.store_root()}")
@@ -119,15 +119,15 @@ def status(
 @app.command()
 @one_line_errors
 def check(
-    config: Annotated[Optional[str], typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
+    config: Annotated[str | None, typer.Argument(help="pipeline config YAML (default: the offline profile)")] = None,
     set_: SetOption = None,
 ) -> None:
     """Say, before anything runs, whether every model the config names is on this machine (and
     the one command that fetches what is missing into the Hugging Face cache), then whether
     every input file holds usable prompts."""
-    from semdpo_core.config import load_config
-    from semdpo_core.model_needs import fetch_command, model_status
-    from semdpo_core.prompts import check_inputs
+    from semdpo_core.models.needs import fetch_command, model_status
+    from semdpo_core.pipeline.config import load_config
+    from semdpo_core.stages.prompts import check_inputs
 
     cfg = load_config(config, set_)
     status = model_status(cfg)
@@ -149,15 +149,15 @@ def check(
 @app.command()
 @one_line_errors
 def gc(
-    configs: Annotated[Optional[list[str]], typer.Argument(help="every config that uses the store (default: the offline profile)")] = None,
+    configs: Annotated[list[str] | None, typer.Argument(help="every config that uses the store (default: the offline profile)")] = None,
     set_: SetOption = None,
     delete: Annotated[bool, typer.Option("--delete", help="remove what is listed (default: only list it)")] = False,
 ) -> None:
     """List what the store holds that none of CONFIGS needs (old outputs, finished runs'
     checkpoints, temporaries of killed writers); --delete removes it."""
-    from semdpo_core.config import load_config
-    from semdpo_core.store import ArtifactStore
-    from semdpo_core.store_gc import find_garbage, human, remove
+    from semdpo_core.pipeline.config import load_config
+    from semdpo_core.store.artifact_store import ArtifactStore
+    from semdpo_core.store.gc import find_garbage, human, remove
 
     if delete and not configs:
         raise UserError("semdpo gc --delete needs every config that uses the store named (semdpo gc a.yaml b.yaml "
@@ -184,21 +184,21 @@ def gc(
 @app.command()
 @one_line_errors
 def rewrite(
-    prompts: Annotated[Optional[list[str]], typer.Argument(help="prompts to rewrite (none: one a line from --file or stdin)")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
+    prompts: Annotated[list[str] | None, typer.Argument(help="prompts to rewrite (none: one a line from --file or stdin)")] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
     method: Annotated[str, typer.Option(help="whose rewriter: sft or a training run's label (sem_dpo, dpo, ...)")] = "sem_dpo",
-    file: Annotated[Optional[Path], typer.Option(help="a prompt file (any format `data.train_prompts` takes)")] = None,
-    render: Annotated[Optional[Path], typer.Option(help="also draw each rewrite with the config's renderer into this folder")] = None,
+    file: Annotated[Path | None, typer.Option(help="a prompt file (any format `data.train_prompts` takes)")] = None,
+    render: Annotated[Path | None, typer.Option(help="also draw each rewrite with the config's renderer into this folder")] = None,
     set_: SetOption = None,
 ) -> None:
     """Print METHOD's greedy rewrite of each prompt, one a line, as the evaluation poses and decodes it."""
     import sys
 
-    from semdpo_core.config import load_config
+    from semdpo_core.data.prompt_sources import lines, read_records
     from semdpo_core.export import render_rewrites
     from semdpo_core.export import rewrite as rewrite_prompts
-    from semdpo_core.models import resolve_device
-    from semdpo_core.prompt_files import lines, read_records
+    from semdpo_core.models.loading import resolve_device
+    from semdpo_core.pipeline.config import load_config
 
     cfg = load_config(config, set_)
     if prompts:
@@ -223,14 +223,14 @@ def rewrite(
 @one_line_errors
 def export(
     target: Annotated[Path, typer.Argument(help="the folder to write (a Hugging Face model folder)")],
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
     method: Annotated[str, typer.Option(help="whose rewriter: sft or a training run's label (sem_dpo, dpo, ...)")] = "sem_dpo",
     set_: SetOption = None,
 ) -> None:
     """Write METHOD's rewriter as a Hugging Face model folder (safetensors, tokenizer with the chat
     template, generation config, model card) that transformers loads without semdpo."""
-    from semdpo_core.config import load_config
     from semdpo_core.export import export as export_rewriter
+    from semdpo_core.pipeline.config import load_config
 
     folder = export_rewriter(load_config(config, set_), method, target)
     typer.echo(f"{method} -> {folder}: pipeline('text-generation', model={str(folder)!r}) loads it")
@@ -240,14 +240,14 @@ def export(
 @one_line_errors
 def export_pairs_command(
     target: Annotated[Path, typer.Argument(help="the file to write: .parquet or .jsonl")],
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="the semantic weight's alpha (default: train.alpha)")] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
+    alpha: Annotated[float | None, typer.Option(help="the semantic weight's alpha (default: train.alpha)")] = None,
     set_: SetOption = None,
 ) -> None:
     """Write the preference pairs with their semantic distance and weight as prompt/chosen/rejected
     rows (TRL's format; `data.preference_pairs` reads them back)."""
-    from semdpo_core.config import load_config
     from semdpo_core.export import export_pairs
+    from semdpo_core.pipeline.config import load_config
 
     try:
         rows = export_pairs(load_config(config, set_), target, alpha)
@@ -260,13 +260,13 @@ def export_pairs_command(
 @one_line_errors
 def report(
     config: Annotated[str, typer.Argument(help="pipeline config YAML whose backbones (sft.base_model, sft.backbones) are evaluated")],
-    out: Annotated[Optional[Path], typer.Option(help="folder to write (default: reports/CONFIG-NAME)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder to write (default: reports/CONFIG-NAME)")] = None,
     set_: SetOption = None,
 ) -> None:
     """Put every backbone's evaluation in one report (paper Tables 5-7, Figure 3): report.md,
     report.json, scores.parquet and a scatter per backbone and dataset."""
-    from semdpo_core.backbone_report import write_backbone_report
-    from semdpo_core.config import load_config
+    from semdpo_core.pipeline.config import load_config
+    from semdpo_core.stages.report.backbones import write_backbone_report
 
     cfg = load_config(config, set_)
     folder = out or Path("reports") / cfg.name
@@ -290,9 +290,9 @@ def data_build(
 ) -> None:
     """Write data.train_prompts and data.test_prompts as Parquet from data.build's datasets
     (DiffusionDB, Lexica, COCO captions, ...): cleaned, deduplicated, sized, train disjoint from test."""
-    from semdpo_core.config import load_config
-    from semdpo_core.data_build import build_data, record_path
-    from semdpo_core.model_needs import require_models, tokenizer_needs
+    from semdpo_core.data.build import build_data, record_path
+    from semdpo_core.models.needs import require_models, tokenizer_needs
+    from semdpo_core.pipeline.config import load_config
 
     cfg = load_config(config, set_)
     require_models(cfg, tokenizer_needs(cfg))  # over-long prompts are counted in every backbone's tokens

@@ -1,4 +1,4 @@
-"""The Sem-DPO pipeline as one Prefect flow: the stage table (`semdpo_core/stages.py`) in order,
+"""The Sem-DPO pipeline as one Prefect flow: the stage table (`semdpo_core/pipeline/stage_table.py`) in order,
 prompts -> SFT -> candidates -> render -> label (-> fidelity) -> pairs -> weigh -> reference ->
 train (every run) (-> validate) -> evaluate -> report. Every output is a cached task (sharded stages: one task
 per shard) keyed by its fingerprint; a rerun reuses whatever the store already holds.
@@ -8,19 +8,28 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 
-from semdpo_core.backbone_report import backbone_evaluations, backbone_markdown, backbone_scores
-from semdpo_core.config import PipelineConfig, load_config
-from semdpo_core.context import open_store
-from semdpo_core.model_needs import require_models
-from semdpo_core.plan import Plan, plan_pipeline
-from semdpo_core.prompts import check_inputs
-from semdpo_core.stages import STAGE_NAMES, STAGES, stage as stage_named
-from semdpo_core.store import ArtifactStore
-from tasks.artifacts import publish_backbones, publish_metrics, publish_report, publish_run
+from semdpo_core.models.needs import require_models
+from semdpo_core.pipeline.config import PipelineConfig, load_config
+from semdpo_core.pipeline.plan import Plan, plan_pipeline
+from semdpo_core.pipeline.stage_table import STAGE_NAMES, STAGES
+from semdpo_core.pipeline.stage_table import stage as stage_named
+from semdpo_core.stages.prompts import check_inputs
+from semdpo_core.stages.report.backbones import (
+    backbone_evaluations,
+    backbone_markdown,
+    backbone_scores,
+)
+from semdpo_core.store.artifact_store import ArtifactStore, open_store
+from tasks.artifacts import (
+    publish_backbones,
+    publish_metrics,
+    publish_report,
+    publish_run,
+)
 from tasks.stage_tasks import run_jobs
 
 
@@ -103,7 +112,7 @@ def run_backbone(config: PipelineConfig, stage: str | None) -> str:
     ran = [job for job in plan.jobs if job.stage.name in through]
     stages = {job.label: {"fingerprint": job.ref.fingerprint, "state": states[job.label],
                           "reused": states[job.label] == "reused"} for job in ran}
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     where = store.write_run(run_id, {"config": config.model_dump(), "stages": stages, "seconds": elapsed, "stage": stage})
     for label, info in stages.items():
         logger.info("  %-16s %s  %s", label, info["fingerprint"], info["state"])

@@ -17,18 +17,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from semdpo_core.config import PipelineConfig
-from semdpo_core.evaluate import METRIC_COLUMNS, eval_seeds, fill_empty, rewrite_prompts, summarize
-from semdpo_core.hub import model_cache_dir
-from semdpo_core.losses import semantic_weight
-from semdpo_core.methods import parse_run_label
-from semdpo_core.models import load_diffusion, load_rewriter
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.prompts import prompt_id
-from semdpo_core.render import render_images
-from semdpo_core.rewriter import TEMPLATE
-from semdpo_core.schemas import DISTANCES, EVALUATION
-from semdpo_core.store import ArtifactStore, DatasetRef
+from semdpo_core.models.loading import load_diffusion, load_rewriter
+from semdpo_core.models.locate import model_cache_dir
+from semdpo_core.models.rewriter import TEMPLATE
+from semdpo_core.pipeline.config import PipelineConfig
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.pipeline.schemas import DISTANCES, EVALUATION
+from semdpo_core.preference.losses import semantic_weight
+from semdpo_core.preference.methods import parse_run_label
+from semdpo_core.stages.evaluate import (
+    METRIC_COLUMNS,
+    eval_seeds,
+    fill_empty,
+    rewrite_prompts,
+    summarize,
+)
+from semdpo_core.stages.prompts import prompt_id
+from semdpo_core.stages.render import render_images
+from semdpo_core.store.artifact_store import ArtifactStore, DatasetRef
 
 # pose() as a Jinja chat template: the last user message in the rewriter's template
 CHAT_TEMPLATE = (

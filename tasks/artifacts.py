@@ -9,18 +9,27 @@ link to a file on the worker's disk (file://) is neither rendered nor opened fro
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 from typing import Any
 
 from prefect.artifacts import (
-    create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
 )
 
-from semdpo_core.evaluate import METRIC_COLUMNS, format_metrics, metric_rows, summarize
-from semdpo_core.schemas import EVALUATION, REPORT_SCORES
-from semdpo_core.store import ArtifactStore, DatasetRef
+from semdpo_core.pipeline.schemas import EVALUATION, REPORT_SCORES
+from semdpo_core.stages.evaluate import (
+    METRIC_COLUMNS,
+    format_metrics,
+    metric_rows,
+    summarize,
+)
+from semdpo_core.stages.report.document import Report
+from semdpo_core.stages.report.markdown import tables_markdown
+from semdpo_core.store.artifact_store import ArtifactStore, DatasetRef
 
 log = logging.getLogger("semdpo.stages")
 
@@ -132,29 +141,27 @@ def publish_report_artifacts(store: ArtifactStore, ref: DatasetRef) -> None:
     """One key each: `semdpo-report` (markdown), tables `semdpo-report-scores`, `-tokens`,
     `-head-to-head`, `-drift`, and `semdpo-plot-NAME` per plot (the image inline, its caption as
     description; the report names them, so that no image is sent twice)."""
-    tables = json.loads(store.read_file(ref, "report.json"))
-    captions = tables.get("plots", {})
-    text = store.read_file(ref, "report.md").decode()
-    head, _, _ = text.partition("\n## Plots\n")
+    report = Report.from_json(store.read_file(ref, "report.json"))
+    scores = store.read_table(ref, REPORT_SCORES)
     plots = {name: store.read_file(ref, f"plots/{name}") for name in store.manifest(ref)["meta"].get("plots", [])}
     keys = {name: artifact_key("plot-" + name.removesuffix(".png")) for name in plots}
-    listing = "".join(f"- `{keys[name]}`: {captions.get(name, name)}\n" for name in plots)
-    create_markdown_artifact(key="semdpo-report", markdown=head + "\n## Plots (each its own artifact)\n\n" + listing,
+    listing = "".join(f"- `{keys[name]}`: {report.plots.get(name, name)}\n" for name in plots)
+    create_markdown_artifact(key="semdpo-report",
+                             markdown=tables_markdown(scores, report) + "\n## Plots (each its own artifact)\n\n" + listing,
                              description="the paper's tables for this run; its figures are the semdpo-plot-* artifacts")
-    scores = store.read_table(ref, REPORT_SCORES).to_pylist()
-    create_table_artifact(key="semdpo-report-scores", table=rounded_rows(scores),
+    create_table_artifact(key="semdpo-report-scores", table=rounded_rows(scores.to_pylist()),
                           description="mean score per dataset x method x metric (paper Tables 5-7)")
-    tokens = [{k: v for k, v in t.items() if k != "median_by_dataset"} for t in tables["tokens"]]
-    create_table_artifact(key="semdpo-report-tokens", table=rounded_rows(tokens),
+    create_table_artifact(key="semdpo-report-tokens", table=rounded_rows([t.columns() for t in report.tokens]),
                           description="rewrite length in tokens (paper Tables 1-2)")
-    if tables["head_to_head"]:
-        create_table_artifact(key="semdpo-report-head-to-head", table=rounded_rows(tables["head_to_head"]),
-                              description=f"{tables['focus']} against each method: win / tie / loss (paper Figure 4)")
-    if tables["drift"]["methods"]:
-        create_table_artifact(key="semdpo-report-drift", table=rounded_rows(tables["drift"]["methods"]),
-                              description=f"Proposition 2, eps = {tables['drift']['epsilon']:.4f}")
+    if report.head_to_head:
+        create_table_artifact(key="semdpo-report-head-to-head",
+                              table=rounded_rows([h.columns() for h in report.head_to_head]),
+                              description=f"{report.focus} against each method: win / tie / loss (paper Figure 4)")
+    if report.drift.methods:
+        create_table_artifact(key="semdpo-report-drift", table=rounded_rows([d.columns() for d in report.drift.methods]),
+                              description=f"Proposition 2, eps = {report.drift.epsilon:.4f}")
     for name, png in plots.items():
-        caption = captions.get(name, name)
+        caption = report.plots.get(name, name)
         create_markdown_artifact(key=keys[name], markdown=image_markdown(png, caption, store.file_url(ref, f"plots/{name}")),
                                  description=caption)
 

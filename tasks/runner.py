@@ -2,7 +2,7 @@
 
 Each task asks Ray for `runner.gpus_per_shard` GPUs (on CUDA machines), so the shards of a
 stage, and the training runs of the train stage, spread over every GPU of the machine or
-cluster. Ray reuses its worker processes, and `semdpo_core.inference.loaded` caches per process:
+cluster. Ray reuses its worker processes, and `semdpo_core.models.inference.loaded` caches per process:
 a model loads once per worker, not once per shard.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from prefect import Task, flow
 
-from semdpo_core.config import RunnerConfig
+from semdpo_core.pipeline.config import RunnerConfig
 
 
 @flow(name="semdpo-on-ray")

@@ -3,7 +3,7 @@
 An unsharded output is one task (`compute_output`); a sharded one is a task per shard
 (`compute_shard`, one Parquet part each, committed on its own) and then a commit
 (`commit_shards`). Resume = rerun: the store decides what is done. Before an output runs, its
-dataset is checked (a damaged one is withdrawn), and each task gets `done` from that check; a
+dataset is checked (`ArtifactStore.check`: a damaged one is withdrawn), and each task gets `done` from that check; a
 done task shows as Cached in Prefect, and a Prefect cache entry alone never skips work the
 store lacks.
 """
@@ -17,12 +17,16 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
-from semdpo_core.config import RunnerConfig
-from semdpo_core.context import open_store
-from semdpo_core.plan import Job
-from semdpo_core.settings import Runtime
-from semdpo_core.store import ArtifactStore, DatasetRef
-from tasks.artifacts import publish_summary, stage_key, stage_progress, update_stage_progress
+from semdpo_core.pipeline.config import RunnerConfig
+from semdpo_core.pipeline.plan import Job
+from semdpo_core.pipeline.stage_context import Runtime
+from semdpo_core.store.artifact_store import DatasetRef, open_store
+from tasks.artifacts import (
+    publish_summary,
+    stage_key,
+    stage_progress,
+    update_stage_progress,
+)
 from tasks.runner import run_on_ray
 
 log = logging.getLogger("semdpo.stages")
@@ -46,24 +50,6 @@ def remember_done(runtime: Runtime, ref: DatasetRef, shard: int | None = None) -
     context = TaskRunContext.get()
     if context is not None:
         context.result_store.write(ref, key=cache_key(runtime, ref, shard))
-
-
-def check_stage(store: ArtifactStore, ref: DatasetRef) -> str:
-    """"done" when `ref` is committed and intact, "damaged" when it was committed but some of it
-    no longer matches (it is withdrawn: its damaged shards are recomputed, its intact ones
-    reused), else "missing". Temporary files that a writer now gone left under it are removed."""
-    stale = store.remove_temporaries(ref.prefix)
-    if stale:
-        log.info("%s: removed %d temporary file(s) a killed writer left (%s)", ref, len(stale), stale[0])
-    if not store.is_committed(ref):
-        return "missing"
-    bad = store.invalid_entries(ref)
-    if not bad:
-        return "done"
-    log.warning("%s: %d damaged entr%s (%s): withdrawn, will be recomputed",
-                ref, len(bad), "y" if len(bad) == 1 else "ies", ", ".join(bad[:5]))
-    store.uncommit(ref, bad)
-    return "damaged"
 
 
 def run_state(check: str, reused_work: int | bool = 0) -> str:
@@ -117,7 +103,7 @@ def run_sharded(job: Job, runtime: Runtime, runner: RunnerConfig) -> str:
     """Every shard of `job` not yet done (on Ray, all at once), then the commit; logs how many
     were reused. Returns the output's run state."""
     store = open_store(runtime.store)
-    check = check_stage(store, job.ref)
+    check = store.check(job.ref)
     committed = check == "done"
     num_shards = job.stage.shards(job.context(runtime))
     done = [committed or store.shard_is_done(job.ref, i) for i in range(num_shards)]
@@ -150,7 +136,7 @@ def run_jobs(jobs: list[Job], runtime: Runtime, runner: RunnerConfig) -> dict[st
     states = {job.label: run_sharded(job, runtime, runner) for job in jobs if job.stage.shards is not None}
     store = open_store(runtime.store)
     unsharded = [job for job in jobs if job.stage.shards is None]
-    checks = {job.label: check_stage(store, job.ref) for job in unsharded}
+    checks = {job.label: store.check(job.ref) for job in unsharded}
     submissions = [(compute_output.with_options(name=job.task_name),
                     dict(job=job, runtime=runtime, done=checks[job.label] == "done")) for job in unsharded]
     todo = [(task, arguments) for task, arguments in submissions if not arguments["done"]]

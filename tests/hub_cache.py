@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from semdpo_core.models import resolve
+from semdpo_core.models.loading import resolve
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

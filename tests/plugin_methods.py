@@ -3,8 +3,8 @@ SLiC's hinge on the DPO margin. Imported by the config in the test's own process
 
 import torch
 
-from semdpo_core.losses import dpo_logits
-from semdpo_core.methods import LossOutput, Method, register
+from semdpo_core.preference.losses import dpo_logits
+from semdpo_core.preference.methods import LossOutput, Method, register
 
 
 def slic(batch, settings, state) -> LossOutput:

@@ -111,7 +111,11 @@ def final_task_states(flow_run_filter, api_url: str | None = None, settle_s: flo
     Prefect 3 records task states through events, after the flow returns: wait (up to `settle_s`)
     until every one is final."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_URL,
+        temporary_settings,
+    )
 
     updates = {**({PREFECT_API_URL: api_url} if api_url else {}), **({PREFECT_API_AUTH_STRING: auth_string} if auth_string else {})}
     deadline = time.monotonic() + settle_s
@@ -127,7 +131,12 @@ def flow_run_logs(flow_run_name: str, api_url: str, wait_for: str, settle_s: flo
     """(logger name, message) of every log a flow run sent to the API, in order. Logs arrive in
     batches after the lines are written: wait (up to `settle_s`) until one holds `wait_for`."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     deadline = time.monotonic() + settle_s

@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from semdpo_core.batching import device_memory, fitting_batch_size, map_in_batches
-from semdpo_core.candidates import sample_candidates
-from semdpo_core.models import load_diffusion
-from semdpo_core.render import render_images
+from semdpo_core.models.batching import (
+    device_memory,
+    fitting_batch_size,
+    map_in_batches,
+)
+from semdpo_core.models.loading import load_diffusion
 from semdpo_core.scorers import decode_png
+from semdpo_core.stages.candidates import sample_candidates
+from semdpo_core.stages.render import render_images
 
 CPU = torch.device("cpu")
 
@@ -113,7 +117,7 @@ def test_candidate_sampling_out_of_memory_names_the_setting(monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr("semdpo_core.candidates.generate", out_of_memory)
+    monkeypatch.setattr("semdpo_core.stages.candidates.generate", out_of_memory)
     with pytest.raises(RuntimeError, match=r"set candidates.batch_size below 16 \(it is part of the sampling seed"):
         sample_candidates(None, None, ["p1"], ["a fox"], num_candidates=2, temperature=1.0, top_p=0.9,
                           max_new_tokens=8, batch_size=16, seed=0)

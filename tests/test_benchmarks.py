@@ -48,7 +48,7 @@ def test_the_run_projection_counts_every_stage_of_the_paper_config():
     """The GPU-hours projection: each stage's work in the paper's config, divided by its rate."""
     import importlib.util
 
-    from semdpo_core.config import load_config
+    from semdpo_core.pipeline.config import load_config
 
     spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
     bench = importlib.util.module_from_spec(spec)
@@ -64,3 +64,17 @@ def test_the_run_projection_counts_every_stage_of_the_paper_config():
     }
     assert {k: v * 3600 for k, v in hours.items() if k != "total"} == pytest.approx(expected_s)
     assert hours["total"] == pytest.approx(sum(expected_s.values()) / 3600)
+
+
+def test_ui_screenshots_starts_prefect_and_semdpo_without_the_venv_on_path():
+    """The screenshot script runs Prefect's server and the pipeline from its own interpreter: with
+    PATH holding only the system's folders, both commands still start (here: answer --help)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ui_screenshots", ROOT / "benchmarks" / "ui_screenshots.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    for command in (bench.server_command(4200), bench.run_command(None, ["seed=1"])):
+        result = subprocess.run(command + ["--help"], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (command, result.stderr[-1000:])

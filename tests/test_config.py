@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from semdpo_core.config import ConfigError, PipelineConfig, load_config
-from semdpo_core.plan import plan_pipeline
+from semdpo_core.pipeline.config import ConfigError, PipelineConfig, load_config
+from semdpo_core.pipeline.plan import plan_pipeline
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

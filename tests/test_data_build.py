@@ -15,13 +15,20 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from semdpo_core.config import PromptSource, load_config
-from semdpo_core import data_build
-from semdpo_core.data_build import NearDuplicates, build_data, clean, match_key, read_source, record_path
-from semdpo_core.hub_datasets import DatasetLoadError, load_hub, parse_hub_source
-from semdpo_core.pairs import own_pairs_table
-from semdpo_core.prompt_files import PromptFileError, source_digest
-from semdpo_core.prompts import check_inputs, prompt_table, token_limit
+from semdpo_core.data import build as data_build
+from semdpo_core.data.build import (
+    NearDuplicates,
+    build_data,
+    clean,
+    match_key,
+    read_source,
+    record_path,
+)
+from semdpo_core.data.hub_datasets import DatasetLoadError, load_hub, parse_hub_source
+from semdpo_core.data.prompt_sources import PromptFileError, source_digest
+from semdpo_core.pipeline.config import PromptSource, load_config
+from semdpo_core.stages.pairs import own_pairs_table
+from semdpo_core.stages.prompts import check_inputs, prompt_table, token_limit
 
 LONG = " ".join(["word"] * 60)  # over data.max_prompt_tokens (48) in the default rewriter's tokens
 LEXICA_TEST = ["a castle on a hill at dawn", "A castle on a hill, at dawn!", "   ", LONG, "portrait of a nsfw model",

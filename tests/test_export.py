@@ -10,11 +10,11 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from semdpo_core.config import load_config
-from semdpo_core.evaluate import rewrite_prompts
-from semdpo_core.models import load_rewriter, resolve_device
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.store import ArtifactStore
+from semdpo_core.models.loading import load_rewriter, resolve_device
+from semdpo_core.pipeline.config import load_config
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.stages.evaluate import rewrite_prompts
+from semdpo_core.store.artifact_store import ArtifactStore
 from tests.small import SMALL
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def test_an_exported_folder_loads_with_plain_transformers_and_rewrites_the_same(
 
     from transformers import AutoTokenizer
 
-    from semdpo_core.rewriter import pose
+    from semdpo_core.models.rewriter import pose
 
     tokenizer = AutoTokenizer.from_pretrained(target)
     chat = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)

@@ -18,10 +18,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from semdpo_core.config import load_config
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.schemas import EVALUATION
-from semdpo_core.store import ArtifactStore
+from semdpo_core.pipeline.config import load_config
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.pipeline.schemas import EVALUATION
+from semdpo_core.store.artifact_store import ArtifactStore
 
 pytestmark = pytest.mark.slow
 
@@ -91,14 +91,14 @@ def test_sem_dpo_drifts_less_than_dpo(runs):
 
 def test_swapped_pairs_make_dpo_unlearn(runs, monkeypatch):
     """The same seed-0 run with chosen and rejected swapped in `pairs` (everything upstream reused)."""
-    import semdpo_core.pairs
+    import semdpo_core.stages.pairs
 
     directory, results = runs
     store = directory / "swapped"
     shutil.copytree(directory / "seed0", store)
     for stage in ("pairs", "weigh", "reference", "train", "evaluate", "report"):
         shutil.rmtree(store / stage, ignore_errors=True)
-    select = semdpo_core.pairs.select_pairs
-    monkeypatch.setattr(semdpo_core.pairs, "select_pairs", lambda *a, **k: swapped(select(*a, **k)))
+    select = semdpo_core.stages.pairs.select_pairs
+    monkeypatch.setattr(semdpo_core.stages.pairs, "select_pairs", lambda *a, **k: swapped(select(*a, **k)))
     bad = run_world(directory, "swapped", 0, store)
     assert bad["dpo"][PREFERENCE] < bad["sft"][PREFERENCE] < results[0]["dpo"][PREFERENCE], bad

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from semdpo_core.losses import dpo_loss, sem_dpo_loss, semantic_weight
-from semdpo_core.weigh import cosine_distance, semantic_distances
+from semdpo_core.preference.losses import dpo_loss, sem_dpo_loss, semantic_weight
+from semdpo_core.stages.weigh import cosine_distance, semantic_distances
 
 
 def test_dpo_loss_matches_hand_computation():

@@ -13,8 +13,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from semdpo_core.losses import (
-    BetaDPO, additive_loss, dpo_logits, dpo_loss, ipo_loss, kto_kl, kto_loss, orpo_loss, sem_dpo_loss, semantic_filter,
+from semdpo_core.preference.losses import (
+    BetaDPO,
+    additive_loss,
+    dpo_logits,
+    dpo_loss,
+    ipo_loss,
+    kto_kl,
+    kto_loss,
+    orpo_loss,
+    sem_dpo_loss,
+    semantic_filter,
 )
 
 trl = pytest.importorskip("trl")

@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from semdpo_core.models import ModelNotFound, check_vocab, load_diffusion, load_rewriter, pretrained
-from semdpo_core.weigh import SemanticEncoder
+from semdpo_core.models.loading import (
+    ModelNotFound,
+    check_vocab,
+    load_diffusion,
+    load_rewriter,
+    pretrained,
+)
+from semdpo_core.stages.weigh import SemanticEncoder
 from tests.hub_cache import hub_cache_entry
 
 CPU = torch.device("cpu")
@@ -25,7 +31,7 @@ def test_tiny_rewriter_and_diffusion_load_with_full_tokenizers():
 def test_a_half_precision_checkpoint_trains_in_float32_and_samples_in_the_asked_dtype(tmp_path):
     """Qwen's checkpoints are bf16 and transformers 5 loads a checkpoint's own dtype: training
     must get float32 weights (a 5e-6 update rounds away in bf16); sampling may ask for half."""
-    from semdpo_core.rewriter import generate
+    from semdpo_core.models.rewriter import generate
 
     model, tokenizer = load_rewriter("tiny:rewriter", CPU)
     model.to(torch.bfloat16).save_pretrained(tmp_path)
@@ -72,7 +78,7 @@ def test_semantic_encoder_loads_a_full_clip_with_the_projection_the_checkpoint_h
     embed exactly as CLIPModel.get_text_features does (issue 15)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from semdpo_core.models import resolve
+    from semdpo_core.models.loading import resolve
 
     tokenizer = CLIPTokenizer.from_pretrained(resolve("tiny:clip"))
     torch.manual_seed(0)
@@ -99,9 +105,9 @@ def test_the_cuda_fast_path_renders_the_same_images():
     """channels_last, fused-QKV SDPA attention: faster on a GPU, the same images (run here on CPU)."""
     import numpy as np
 
-    from semdpo_core.models import diffusion_fast_path
-    from semdpo_core.render import render_images
+    from semdpo_core.models.loading import diffusion_fast_path
     from semdpo_core.scorers import decode_png
+    from semdpo_core.stages.render import render_images
 
     prompts, seeds = ["a red fox in snow", "a lighthouse at dusk"], [3, 4]
     settings = dict(num_inference_steps=2, guidance_scale=7.5, height=64, width=64, batch_size=2)
@@ -122,8 +128,8 @@ def test_a_hub_id_in_the_local_cache_resolves_to_its_snapshot_folder(tmp_path, m
     import huggingface_hub.constants
     from PIL import Image
 
-    from semdpo_core.config import ScorerConfig
-    from semdpo_core.models import cached_snapshot, resolve
+    from semdpo_core.models.loading import cached_snapshot, resolve
+    from semdpo_core.pipeline.config import ScorerConfig
     from semdpo_core.scorers import load_scorer
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))

@@ -2,8 +2,8 @@
 
 import pyarrow as pa
 
-from semdpo_core.pairs import select_pairs
-from semdpo_core.schemas import CANDIDATES
+from semdpo_core.pipeline.schemas import CANDIDATES
+from semdpo_core.stages.pairs import select_pairs
 
 
 def candidates(rows):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from semdpo_core.config import load_config
-from semdpo_core.model_needs import needs_listing
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.store import ArtifactStore
+from semdpo_core.models.needs import needs_listing
+from semdpo_core.pipeline.config import load_config
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.store.artifact_store import ArtifactStore
 from tests.hub_cache import paper_hub_cache
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from semdpo_core.config import load_config
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.schemas import EVALUATION, PAIRS, TRAIN_LOG
-from semdpo_core.store import ArtifactStore
+from semdpo_core.pipeline.config import load_config
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.pipeline.schemas import EVALUATION, PAIRS, TRAIN_LOG
+from semdpo_core.store.artifact_store import ArtifactStore
 from tests.servers import final_task_states
 from tests.small import SMALL
 
@@ -86,7 +86,7 @@ def test_pipeline_runs_reruns_and_reproduces(tmp_path, prefect_server):
 
 def test_several_datasets_and_an_alpha_sweep_in_one_report(tmp_path, prefect_server):
     from flows.pipeline import pipeline
-    from semdpo_core.prompts import read_records
+    from semdpo_core.stages.prompts import read_records
 
     demo = [r.fields["prompt"] for r in read_records("demo:test_prompts", ["prompt"])]
     (tmp_path / "coco.txt").write_text("\n".join(demo[:3]) + "\n")
@@ -142,8 +142,7 @@ def test_alpha_auto_chooses_on_validation_prompts_held_out_of_training(tmp_path,
     """train.alpha: auto trains the grid, scores each run on training prompts held out of training,
     and the report compares the run it chose (head to head) beside the alpha best on test."""
     from flows.pipeline import pipeline
-
-    from semdpo_core.schemas import CANDIDATES, PROMPTS
+    from semdpo_core.pipeline.schemas import CANDIDATES, PROMPTS
 
     config = small_config(tmp_path, "auto", data={**SMALL["data"], "max_train_prompts": 6},
                           train={**SMALL["train"], "methods": ["dpo", "sem_dpo"], "alpha": "auto",
@@ -172,8 +171,8 @@ def test_alpha_auto_chooses_on_validation_prompts_held_out_of_training(tmp_path,
 def test_a_prompts_candidates_share_their_render_seed_unless_told_otherwise(render_seed):
     import torch
 
-    from semdpo_core.candidates import sample_candidates
-    from semdpo_core.models import load_rewriter
+    from semdpo_core.models.loading import load_rewriter
+    from semdpo_core.stages.candidates import sample_candidates
 
     model, tokenizer = load_rewriter("tiny:rewriter", torch.device("cpu"))
     table = sample_candidates(model, tokenizer, ["p1", "p2"], ["a red fox", "an old lighthouse"], num_candidates=3,
@@ -192,7 +191,7 @@ def test_several_backbones_run_in_turn_and_share_one_report(tmp_path, prefect_se
 
     from flows.cli import app
     from flows.pipeline import pipeline
-    from semdpo_core.schemas import REPORT_SCORES
+    from semdpo_core.pipeline.schemas import REPORT_SCORES
 
     config = small_config(tmp_path, "backbones", sft={**SMALL["sft"], "backbones": ["tiny:gpt2"]})
     pipeline(config_path=str(config))

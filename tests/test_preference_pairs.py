@@ -9,9 +9,9 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from semdpo_core.config import load_config
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.store import ArtifactStore
+from semdpo_core.pipeline.config import load_config
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.store.artifact_store import ArtifactStore
 from tests.small import SMALL
 
 pytestmark = pytest.mark.slow

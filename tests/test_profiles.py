@@ -4,7 +4,7 @@ shapes without memory), so the throughput figures measured with them are honest.
 import pytest
 import torch
 
-from semdpo_core import profiles
+from benchmarks import profiles
 
 META = torch.device("meta")
 

@@ -6,7 +6,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from semdpo_core.prompts import PromptFileError, clean_prompts, load_split, prompt_table, read_records
+from semdpo_core.stages.prompts import (
+    PromptFileError,
+    clean_prompts,
+    load_split,
+    prompt_table,
+    read_records,
+)
 
 
 def never_too_long(text):

@@ -8,12 +8,12 @@ import pytest
 import torch
 import yaml
 
-from semdpo_core.config import load_config
-from semdpo_core.hub import model_cache_dir
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.schemas import EVALUATION
-from semdpo_core.store import ArtifactStore
-from semdpo_core.tiny import ensure_tiny
+from semdpo_core.models.locate import model_cache_dir
+from semdpo_core.models.tiny import ensure_tiny
+from semdpo_core.pipeline.config import load_config
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.pipeline.schemas import EVALUATION
+from semdpo_core.store.artifact_store import ArtifactStore
 from tests.small import SMALL
 
 pytestmark = pytest.mark.slow

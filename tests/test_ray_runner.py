@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from semdpo_core.config import load_config
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.store import ArtifactStore
+from semdpo_core.pipeline.config import load_config
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.store.artifact_store import ArtifactStore
 from tests.small import SMALL, merged
 
 pytest.importorskip("prefect_ray")
@@ -51,7 +51,7 @@ def digests(manifest: dict) -> tuple[list[str], dict[str, str]]:
 def plugin_unloaded_after():
     """Reading the configs imports the plugin here too; leave the registry as it was."""
     yield
-    from semdpo_core import methods
+    from semdpo_core.preference import methods
 
     methods.unregister("slic")
     sys.modules.pop("tests.plugin_methods", None)

@@ -14,10 +14,10 @@ import boto3
 import pytest
 import yaml
 
-from semdpo_core.backends import StoreUnavailable
-from semdpo_core.config import load_config
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.store import ArtifactStore
+from semdpo_core.pipeline.config import load_config
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.store.artifact_store import ArtifactStore
+from semdpo_core.store.backends import StoreUnavailable
 from tests.small import SMALL as SMALLEST
 from tests.small import TINY_YAML, tiny_profile
 
@@ -266,7 +266,7 @@ def test_prefect_flow_run_retry_continues_a_failed_run(tmp_path, prefect_server)
     from prefect.settings import PREFECT_API_URL
 
     from flows.pipeline import pipeline
-    from semdpo_core.models import resolve
+    from semdpo_core.models.loading import resolve
 
     reward_model = tmp_path / "reward-model"  # there, but not a model yet: the check passes, the label stage fails
     reward_model.mkdir()

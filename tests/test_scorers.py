@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from semdpo_core.config import ScorerConfig
+from semdpo_core.pipeline.config import ScorerConfig
 from semdpo_core.scorers import load_scorer
 from tests import originals
 
@@ -89,7 +89,7 @@ def test_image_reward_matches_the_original(tmp_path):
 
 
 def test_image_reward_names_what_is_missing(tmp_path):
-    from semdpo_core.models import ModelNotFound
+    from semdpo_core.models.loading import ModelNotFound
 
     with pytest.raises(ModelNotFound, match="has no ImageReward.pt"):
         load_scorer(ScorerConfig(kind="image_reward", model=str(tmp_path)), CPU)
@@ -137,8 +137,9 @@ def test_hpsv2_matches_the_original(tmp_path):
 
 def clip_checkpoint(tmp_path: Path) -> Path:
     """A tiny random transformers CLIPModel with a CLIP processor, saved as a hub repo is laid out."""
-    from semdpo_core.models import resolve
     from transformers import CLIPModel
+
+    from semdpo_core.models.loading import resolve
 
     repo = tmp_path / "clip"
     shutil.copytree(resolve("tiny:pickscore"), repo)
@@ -192,7 +193,7 @@ def test_blip_itm_matches_blips_own_modules(tmp_path):
     from torchvision import transforms as T
     from transformers import AutoTokenizer, BlipForImageTextRetrieval
 
-    from semdpo_core.models import resolve
+    from semdpo_core.models.loading import resolve
     from semdpo_core.scorers.image_reward import to_official_key
 
     repo = tmp_path / "blip-itm"

@@ -16,18 +16,29 @@ import torch
 import yaml
 from pydantic import Field
 
-from semdpo_core import methods
-from semdpo_core.config import ConfigError, load_config
-from semdpo_core.context import StageContext
-from semdpo_core.losses import dpo_logits
-from semdpo_core.methods import DEFAULT_METHODS, METHODS, LossOutput, Method, parse_run_label, run_label
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.render import render_shard
-from semdpo_core.schemas import EVALUATION, TRAIN_LOG
-from semdpo_core.sections import Section
-from semdpo_core.settings import Runtime, SettingNotHashed, Settings
-from semdpo_core.stages import STAGES
-from semdpo_core.store import ArtifactStore, fingerprint
+from semdpo_core.pipeline.config import ConfigError, load_config
+from semdpo_core.pipeline.config_section import Section
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.pipeline.schemas import EVALUATION, TRAIN_LOG
+from semdpo_core.pipeline.stage_context import (
+    Runtime,
+    SettingNotHashed,
+    Settings,
+    StageContext,
+)
+from semdpo_core.pipeline.stage_table import STAGES
+from semdpo_core.preference import methods
+from semdpo_core.preference.losses import dpo_logits
+from semdpo_core.preference.methods import (
+    DEFAULT_METHODS,
+    METHODS,
+    LossOutput,
+    Method,
+    parse_run_label,
+    run_label,
+)
+from semdpo_core.stages.render import render_shard
+from semdpo_core.store.artifact_store import ArtifactStore, fingerprint
 from tests.small import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +73,7 @@ def test_render_computation_sees_no_config(tmp_path, monkeypatch):
     candidates = job.inputs["candidates"]
     table = pa.table({"candidate_id": ["c0"], "prompt_id": ["p0"], "prompt": ["a red fox in a forest"],
                       "rewrite": ["a red fox in a forest"], "seed": [1]})
-    from semdpo_core.schemas import CANDIDATES
+    from semdpo_core.pipeline.schemas import CANDIDATES
 
     store.write_dataset(candidates, CANDIDATES, table.cast(CANDIDATES))
     declared = job.settings.to_dict()
@@ -247,7 +258,7 @@ def imported_modules(path: Path, name: str, modules: dict[str, Path]) -> set[str
 def test_no_module_imports_in_a_cycle():
     modules = project_modules()
     graph = {name: imported_modules(path, name, modules) for name, path in modules.items()}
-    assert "semdpo_core.tiny" in graph["semdpo_core.models"]  # the walk sees real edges
+    assert "semdpo_core.models.tiny" in graph["semdpo_core.models.loading"]  # the walk sees real edges
     state: dict[str, int] = {}
 
     def visit(name: str, trail: list[str]) -> None:

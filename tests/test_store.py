@@ -10,9 +10,15 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from semdpo_core.backends import S3Backend, StoreError, StoreUnavailable
-from semdpo_core.schemas import PAIRS, SchemaError
-from semdpo_core.store import ArtifactStore, CorruptArtifact, DatasetMissing, DatasetRef, fingerprint
+from semdpo_core.pipeline.schemas import PAIRS, SchemaError
+from semdpo_core.store.artifact_store import (
+    ArtifactStore,
+    CorruptArtifact,
+    DatasetMissing,
+    DatasetRef,
+    fingerprint,
+)
+from semdpo_core.store.backends import S3Backend, StoreError, StoreUnavailable
 
 REF = DatasetRef("pairs", "f00")
 
@@ -103,7 +109,7 @@ def test_a_damaged_part_is_refused_detected_and_withdrawn(store):
 def test_a_truncated_manifest_or_shard_record_is_named_detected_and_withdrawn(store):
     """External damage to the commit files (a truncated copy, a full disk) must not stop every
     later run with an unnamed JSONDecodeError: it is named, and withdrawing it lets the stage rerun."""
-    from semdpo_core.status import stage_status
+    from semdpo_core.store.status import stage_status
 
     for i in range(2):
         store.write_part(REF, i, pairs_table(2, 2 * i), PAIRS)
@@ -141,6 +147,21 @@ def test_checkpoints_newest_intact_one_wins(store):
     assert store.latest_checkpoint(ref) == (8, {"model.safetensors": b"eight"})
     damage(store, "train/t00/_checkpoints/step-000000008/model.safetensors")
     assert store.latest_checkpoint(ref) == (4, {"model.safetensors": b"four"})
+
+
+def test_pruned_checkpoints_leave_no_empty_folder(tmp_path):
+    """`train.checkpoint_every=1` prunes a checkpoint every step: none may leave its step-N folder behind."""
+    store = ArtifactStore(str(tmp_path))
+    ref = DatasetRef("train", "t01")
+    for step in range(1, 6):
+        store.write_checkpoint(ref, step, {"model.safetensors": b"w" * step, "optimizer/state.pt": b"o"})
+        store.prune_checkpoints(ref, keep=2)
+    folders = sorted(p.name for p in (tmp_path / "train" / "t01" / "_checkpoints").iterdir())
+    assert folders == ["step-000000004", "step-000000005"]
+    store.delete_checkpoint(ref, 4)
+    store.delete_checkpoint(ref, 5)
+    assert not (tmp_path / "train" / "t01").exists()  # empty parents go too, up to the store's root
+    assert tmp_path.is_dir()
 
 
 def stored_rows(store, ref=REF):
@@ -249,7 +270,7 @@ def client_error(code: str, status: int):
 
 def offline_backend(monkeypatch, retry_seconds: float) -> tuple[S3Backend, FakeClock]:
     """An S3Backend whose calls never reach a server (each test passes the operation), on a fake clock."""
-    from semdpo_core import backends
+    from semdpo_core.store import backends
 
     clock = FakeClock()
     monkeypatch.setattr(backends, "_clock", clock)
@@ -283,7 +304,12 @@ def test_s3_faults_retried_are_the_transient_ones(code, status, transient):
 
 
 def test_s3_connection_faults_are_retried_and_missing_credentials_are_not():
-    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
 
     assert S3Backend._transient_fault(EndpointConnectionError(endpoint_url="http://x")) == "EndpointConnectionError"
     assert S3Backend._transient_fault(ConnectionClosedError(endpoint_url="http://x")) == "ConnectionClosedError"
@@ -324,7 +350,7 @@ def test_s3_access_denied_is_not_retried_and_says_what_to_check(monkeypatch):
 def test_an_endpoint_that_never_answered_fails_within_the_first_contact_budget(monkeypatch):
     from botocore.exceptions import EndpointConnectionError
 
-    from semdpo_core.backends import FIRST_CONTACT_SECONDS
+    from semdpo_core.store.backends import FIRST_CONTACT_SECONDS
 
     backend, clock = offline_backend(monkeypatch, retry_seconds=300)
     backend.answered = False  # a mistyped AWS_ENDPOINT_URL: nothing ever answered
@@ -339,7 +365,7 @@ def test_only_the_temporaries_of_writers_that_are_gone_are_stale(tmp_path):
     import subprocess
     import sys
 
-    from semdpo_core.backends import HOST, TEMPORARY_MAX_AGE_S
+    from semdpo_core.store.atomic_files import HOST, TEMPORARY_MAX_AGE_S
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     folder = tmp_path / "stage" / "fp"

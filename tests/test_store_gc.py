@@ -8,10 +8,10 @@ import pyarrow as pa
 from typer.testing import CliRunner
 
 from flows.cli import app
-from semdpo_core.backends import HOST
-from semdpo_core.config import load_config
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.store import ArtifactStore, DatasetRef
+from semdpo_core.pipeline.config import load_config
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.store.artifact_store import ArtifactStore, DatasetRef
+from semdpo_core.store.atomic_files import HOST
 
 WORLD = Path(__file__).resolve().parents[1] / "configs" / "world.yaml"
 SCHEMA = pa.schema([("x", pa.int64())])
@@ -56,7 +56,7 @@ def test_gc_delete_needs_the_configs_named(tmp_path):
 
 
 def test_gc_keeps_every_backbones_outputs(tmp_path):
-    from semdpo_core.store_gc import referenced
+    from semdpo_core.store.gc import referenced
 
     config = load_config(WORLD, [f"store={tmp_path}", "sft.backbones=[tiny:gpt2]"])
     alone = load_config(WORLD, [f"store={tmp_path}", "sft.base_model=tiny:gpt2"])

@@ -4,13 +4,13 @@ checkpoint and ends exactly where an uninterrupted run ends; accumulation and th
 import pytest
 import torch
 
-from semdpo_core.config import TrainConfig, load_config
-from semdpo_core.models import load_rewriter
-from semdpo_core.plan import plan_pipeline
-from semdpo_core.optim import warmup_then_linear_decay
-from semdpo_core.reference import reference_logps
-from semdpo_core.rewriter import completion_logps, concatenated_logps
-from semdpo_core.train import PreferenceData, train_preference
+from semdpo_core.models.loading import load_rewriter
+from semdpo_core.models.rewriter import completion_logps, concatenated_logps
+from semdpo_core.pipeline.config import TrainConfig, load_config
+from semdpo_core.pipeline.plan import plan_pipeline
+from semdpo_core.preference.optim import warmup_then_linear_decay
+from semdpo_core.stages.reference import reference_logps
+from semdpo_core.stages.train import PreferenceData, train_preference
 
 CPU = torch.device("cpu")
 DATA = PreferenceData(
@@ -139,7 +139,7 @@ def test_mixed_precision_training_follows_float32(precision, reference):
 
 def test_sft_in_mixed_precision_follows_float32():
     """SFT's autocast path (bf16, the GPU default) run on CPU: the float32 losses, to rounding."""
-    from semdpo_core.sft import train_sft
+    from semdpo_core.stages.sft import train_sft
 
     def losses(precision: str) -> list[float]:
         model, tokenizer = load_rewriter("tiny:rewriter", CPU)
@@ -155,7 +155,7 @@ def test_sft_in_mixed_precision_follows_float32():
 def test_with_dropout_in_the_model_the_policy_starts_exactly_at_the_reference(reference):
     """TRL's disable_dropout: the reference pass runs in eval mode, the policy trains in train mode;
     with the model's dropout (GPT-2's 0.1) left on, their log-probs differ at step 0."""
-    from semdpo_core.train import disable_dropout
+    from semdpo_core.stages.train import disable_dropout
 
     ref, tokenizer = reference
     policy, _ = load_rewriter("tiny:rewriter", CPU)

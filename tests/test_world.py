@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semdpo_core.rewriter import pose
+from semdpo_core.models.rewriter import pose
 from semdpo_core.scorers import encode_png
 from semdpo_core.world import grammar as g
 from semdpo_core.world.grammar import Scene, Thing, content_words, parse
-from semdpo_core.world.render import STYLE_EFFECTS, WorldRenderer, render_scene
-from semdpo_core.world.scorers import AlignmentScorer, PreferenceScorer, detect_objects, image_statistics
+from semdpo_core.world.pixel_scorers import (
+    AlignmentScorer,
+    PreferenceScorer,
+    detect_objects,
+    image_statistics,
+)
+from semdpo_core.world.renderer import STYLE_EFFECTS, WorldRenderer, render_scene
 
 RENDERER = WorldRenderer()
 ALIGN = AlignmentScorer()

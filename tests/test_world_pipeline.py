@@ -8,15 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from semdpo_core.config import ScorerConfig
-from semdpo_core.models import ModelNotFound, load_diffusion
-from semdpo_core.prompts import PromptFileError, read_records
-from semdpo_core.render import render_images
+from semdpo_core.models.loading import ModelNotFound, load_diffusion
+from semdpo_core.pipeline.config import ScorerConfig
 from semdpo_core.scorers import load_scorer
-from semdpo_core.sft import held_out_share, plain_content_words
+from semdpo_core.stages.prompts import PromptFileError, read_records
+from semdpo_core.stages.render import render_images
+from semdpo_core.stages.sft import held_out_share, plain_content_words
 from semdpo_core.world.grammar import content_words, is_reserved, parse
-from semdpo_core.world.render import WorldRenderer
-from semdpo_core.world.scorers import AlignmentScorer, PreferenceScorer
+from semdpo_core.world.pixel_scorers import AlignmentScorer, PreferenceScorer
+from semdpo_core.world.renderer import WorldRenderer
 
 CPU = torch.device("cpu")
 
@@ -62,8 +62,8 @@ def test_sft_check_helpers():
 
 
 def test_world_rewriter_tokenizer_round_trips_the_template():
-    from semdpo_core.models import load_rewriter
-    from semdpo_core.rewriter import encode_pairs
+    from semdpo_core.models.loading import load_rewriter
+    from semdpo_core.models.rewriter import encode_pairs
 
     model, tokenizer = load_rewriter("tiny:world-rewriter", CPU)
     batch = encode_pairs(tokenizer, ["a red fox in a desert"], ["a red fox in a desert, vivid colors"], 96)
@@ -72,7 +72,7 @@ def test_world_rewriter_tokenizer_round_trips_the_template():
 
 
 def test_a_single_world_test_set_is_named_after_its_dataset():
-    from semdpo_core.config import DataConfig
+    from semdpo_core.pipeline.config import DataConfig
 
     assert DataConfig(test_prompts="world:styled").test_sets() == {"styled": "world:styled"}
     assert DataConfig(test_prompts="demo:test_prompts").test_sets() == {"demo": "demo:test_prompts"}

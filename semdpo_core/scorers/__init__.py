@@ -12,20 +12,20 @@ random-weight build (`tiny:NAME`) for `configs/tiny.yaml`:
 | hpsv2        | HPS_v2.1_compressed.pt on ViT-H-14      | cosine of normalised open_clip features|
 | open_clip    | any open_clip architecture and weights  | cosine of normalised features          |
 | blip_itm     | BlipForImageTextRetrieval (ITM head)    | P(image matches text)                  |
-| world        | world:alignment, world:aesthetic, world:pick | the synthetic world's pixel rules (semdpo_core.world.scorers) |
+| world        | world:alignment, world:aesthetic, world:pick | the synthetic world's pixel rules (semdpo_core.world.pixel_scorers) |
 """
 
 from __future__ import annotations
 
 import torch
 
-from semdpo_core.config import ScorerConfig
+from semdpo_core.pipeline.config import ScorerConfig
 from semdpo_core.scorers.base import CLIP_MEAN, CLIP_STD, Scorer, decode_png, encode_png  # noqa: F401 (the package's face)
 from semdpo_core.scorers.blip_itm import BlipItmScorer
 from semdpo_core.scorers.clip import ClipScorer
 from semdpo_core.scorers.hps import OpenClipScorer
 from semdpo_core.scorers.image_reward import ImageRewardScorer
-from semdpo_core.world.scorers import AlignmentScorer, PreferenceScorer
+from semdpo_core.world.pixel_scorers import AlignmentScorer, PreferenceScorer
 
 
 def load_scorer(config: ScorerConfig, device: torch.device) -> Scorer:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from semdpo_core.models import inference_dtype, pretrained
+from semdpo_core.models.loading import inference_dtype, pretrained
 from semdpo_core.scorers.base import CLIP_MEAN, CLIP_STD
 from semdpo_core.scorers.image_reward import MAX_PROMPT_TOKENS
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from semdpo_core.models import inference_dtype, pretrained
+from semdpo_core.models.loading import inference_dtype, pretrained
 
 
 class ClipScorer:

@@ -16,7 +16,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from semdpo_core.models import ModelNotFound, inference_dtype, model_file, resolve
+from semdpo_core.models.loading import (
+    ModelNotFound,
+    inference_dtype,
+    model_file,
+    resolve,
+)
 from semdpo_core.scorers.base import CLIP_MEAN, CLIP_STD
 
 HPS_CHECKPOINT = "HPS_v2.1_compressed.pt"

@@ -1,6 +1,6 @@
 """ImageReward (Xu et al., 2023) as a scorer, loading the official files.
 
-The network (`semdpo_core.image_reward_net`) is BLIP's ViT image encoder, a BERT text encoder
+The network (`semdpo_core.models.image_reward_net`) is BLIP's ViT image encoder, a BERT text encoder
 that cross-attends to the image tokens, and an MLP head. The official `ImageReward.pt` (a plain
 state dict in BLIP's key names) and `med_config.json` load through a key mapping onto
 `BlipVisionModel` and `BlipTextModel`; the tokenizer is BERT's (`bert-base-uncased`) with the two special tokens BLIP
@@ -15,10 +15,20 @@ from typing import Any
 import torch
 from PIL import Image
 
-from semdpo_core.image_reward_net import (  # noqa: F401 (to_official_key: re-exported)
-    CHECKPOINT, MED_CONFIG, ImageRewardModel, add_blip_tokens, to_official_key,
+from semdpo_core.models.image_reward_net import (  # noqa: F401 (to_official_key: re-exported)
+    CHECKPOINT,
+    MED_CONFIG,
+    ImageRewardModel,
+    add_blip_tokens,
+    to_official_key,
 )
-from semdpo_core.models import ModelNotFound, inference_dtype, model_file, pretrained, resolve
+from semdpo_core.models.loading import (
+    ModelNotFound,
+    inference_dtype,
+    model_file,
+    pretrained,
+    resolve,
+)
 from semdpo_core.scorers.base import CLIP_MEAN, CLIP_STD
 
 MAX_PROMPT_TOKENS = 35  # the original pads/truncates prompts to 35 tokens
