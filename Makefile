@@ -1,6 +1,6 @@
 # semdpo: the two commands a new user runs on a fresh clone.
 #   make demo   install into .venv, run the whole pipeline on the offline default
-#   make test   install into .venv (with test extras), run the test suite
+#   make test   install into .venv (with test extras), lint (ruff), run the test suite
 #   make env    write docker/.env, the Docker stack's random credentials (FORCE=1 replaces it)
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -27,6 +27,7 @@ demo: install
 	$(VENV)/bin/semdpo run
 
 test: install $(VENV)/.originals
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
 # docker/compose.yaml refuses to start without it; never overwrites an existing one unless FORCE=1

@@ -110,7 +110,8 @@ def bench_candidates(size: str, device: torch.device, n: int, batch: int, new_to
         for prompt in prompts:
             enc = tokenizer(prompt + "\nRewrite:", return_tensors="pt").to(device)
             model.generate(**enc, do_sample=True, top_p=0.9, top_k=0, max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, num_return_sequences=CANDIDATES, pad_token_id=tokenizer.pad_token_id)
+                           min_new_tokens=new_tokens, num_return_sequences=CANDIDATES,
+                           pad_token_id=tokenizer.pad_token_id)
 
     # fixed-length rewrites on both sides, so random weights stopping early cannot flatter either
     settings_eos = tokenizer.eos_token_id
@@ -270,7 +271,8 @@ def main() -> None:
         print("  (tiny models: the projection says nothing about the real run; use --size full on the GPU)")
     if args.json:
         args.json.write_text(json.dumps({"device": name, "size": args.size, "items": args.items,
-                                         "batch_size": args.batch_size, "stages": rows, "projected_run": str(args.config),
+                                         "batch_size": args.batch_size, "stages": rows,
+                                         "projected_run": str(args.config),
                                          "projection_hours": hours},
                                         indent=2))
 

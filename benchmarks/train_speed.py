@@ -88,7 +88,8 @@ def run_trl(model_ref: str, steps: int, batch_size: int) -> dict:
     device = resolve_device("auto")
     prompts, chosen, rejected, _ = benchmark_pairs(steps * batch_size)
     dataset = Dataset.from_dict(
-        {"prompt": [pose(p) for p in prompts], "chosen": [" " + c for c in chosen], "rejected": [" " + r for r in rejected]}
+        {"prompt": [pose(p) for p in prompts], "chosen": [" " + c for c in chosen],
+         "rejected": [" " + r for r in rejected]}
     )
     model, tokenizer = load_rewriter(model_ref, device)
     stamps: list[float] = []

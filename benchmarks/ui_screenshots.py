@@ -96,7 +96,8 @@ def main() -> None:
         shots = {"flow-run-logs": (f"{base}/runs/flow-run/{run_id}", 1400)}  # the run's graph and its logs
         artifacts = api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
         ids = {a["key"]: a["id"] for a in artifacts if a.get("key")}
-        shots.update({key: (f"{base}/artifacts/artifact/{ids[key]}", height) for key, height in PAGES.items() if key in ids})
+        shots.update({key: (f"{base}/artifacts/artifact/{ids[key]}", height)
+                      for key, height in PAGES.items() if key in ids})
         missing = [key for key in PAGES if key not in ids]
         if missing:
             print("not published by this run:", ", ".join(missing), flush=True)

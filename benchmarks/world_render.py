@@ -54,9 +54,9 @@ def main() -> None:
         align.score(warm, prompts[:20])
         images = renderer.render(prompts, seeds, size, size)
         row = {
-            "render_per_s": best_rate(lambda: renderer.render(prompts, seeds, size, size), args.images),
-            "alignment_per_s": best_rate(lambda: align.score(images, prompts), args.images),
-            "preference_per_s": best_rate(lambda: prefer.score(images, prompts), args.images),
+            "render_per_s": best_rate(lambda size=size: renderer.render(prompts, seeds, size, size), args.images),
+            "alignment_per_s": best_rate(lambda images=images: align.score(images, prompts), args.images),
+            "preference_per_s": best_rate(lambda images=images: prefer.score(images, prompts), args.images),
         }
         results[f"{size}x{size}"] = row
         print(f"{size}x{size}: render {row['render_per_s']:.0f} images/s, alignment {row['alignment_per_s']:.0f}/s, "

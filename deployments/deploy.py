@@ -39,5 +39,6 @@ def ensure_work_pools(names: list[str], pool_type: str = "process") -> list[str]
 def register_deployments(project_dir: Path = PROJECT_DIR) -> None:
     """`prefect deploy --all` from the project directory (re-registering updates in place)."""
     env = {**os.environ, "SEMDPO_PROJECT_DIR": os.environ.get("SEMDPO_PROJECT_DIR", str(project_dir))}
-    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(project_dir / "prefect.yaml")]
+    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+               "--prefect-file", str(project_dir / "prefect.yaml")]
     subprocess.run(command, cwd=project_dir, env=env, check=True)

@@ -28,8 +28,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from semdpo_core.store.artifact_store import CorruptArtifact, DatasetMissing
     from semdpo_core.store.backends import StoreError
 
-    return (UserError, ConfigError, PromptFileError, ModelNotFound, StoreError, CorruptArtifact, DatasetMissing, RunNotTrained,
-            DatasetLoadError)
+    return (UserError, ConfigError, PromptFileError, ModelNotFound, StoreError, CorruptArtifact, DatasetMissing,
+            RunNotTrained, DatasetLoadError)
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -149,7 +149,8 @@ def check(
 @app.command()
 @one_line_errors
 def gc(
-    configs: Annotated[list[str] | None, typer.Argument(help="every config that uses the store (default: the offline profile)")] = None,
+    configs: Annotated[list[str] | None,
+                       typer.Argument(help="every config that uses the store (default: the offline profile)")] = None,
     set_: SetOption = None,
     delete: Annotated[bool, typer.Option("--delete", help="remove what is listed (default: only list it)")] = False,
 ) -> None:
@@ -184,11 +185,15 @@ def gc(
 @app.command()
 @one_line_errors
 def rewrite(
-    prompts: Annotated[list[str] | None, typer.Argument(help="prompts to rewrite (none: one a line from --file or stdin)")] = None,
-    config: Annotated[str | None, typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
-    method: Annotated[str, typer.Option(help="whose rewriter: sft or a training run's label (sem_dpo, dpo, ...)")] = "sem_dpo",
+    prompts: Annotated[list[str] | None,
+                       typer.Argument(help="prompts to rewrite (none: one a line from --file or stdin)")] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c",
+                                               help="pipeline config YAML (default: the offline profile)")] = None,
+    method: Annotated[str, typer.Option(
+        help="whose rewriter: sft or a training run's label (sem_dpo, dpo, ...)")] = "sem_dpo",
     file: Annotated[Path | None, typer.Option(help="a prompt file (any format `data.train_prompts` takes)")] = None,
-    render: Annotated[Path | None, typer.Option(help="also draw each rewrite with the config's renderer into this folder")] = None,
+    render: Annotated[Path | None,
+                      typer.Option(help="also draw each rewrite with the config's renderer into this folder")] = None,
     set_: SetOption = None,
 ) -> None:
     """Print METHOD's greedy rewrite of each prompt, one a line, as the evaluation poses and decodes it."""
@@ -223,8 +228,10 @@ def rewrite(
 @one_line_errors
 def export(
     target: Annotated[Path, typer.Argument(help="the folder to write (a Hugging Face model folder)")],
-    config: Annotated[str | None, typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
-    method: Annotated[str, typer.Option(help="whose rewriter: sft or a training run's label (sem_dpo, dpo, ...)")] = "sem_dpo",
+    config: Annotated[str | None, typer.Option("--config", "-c",
+                                               help="pipeline config YAML (default: the offline profile)")] = None,
+    method: Annotated[str, typer.Option(
+        help="whose rewriter: sft or a training run's label (sem_dpo, dpo, ...)")] = "sem_dpo",
     set_: SetOption = None,
 ) -> None:
     """Write METHOD's rewriter as a Hugging Face model folder (safetensors, tokenizer with the chat
@@ -240,7 +247,8 @@ def export(
 @one_line_errors
 def export_pairs_command(
     target: Annotated[Path, typer.Argument(help="the file to write: .parquet or .jsonl")],
-    config: Annotated[str | None, typer.Option("--config", "-c", help="pipeline config YAML (default: the offline profile)")] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c",
+                                               help="pipeline config YAML (default: the offline profile)")] = None,
     alpha: Annotated[float | None, typer.Option(help="the semantic weight's alpha (default: train.alpha)")] = None,
     set_: SetOption = None,
 ) -> None:
@@ -259,7 +267,8 @@ def export_pairs_command(
 @app.command()
 @one_line_errors
 def report(
-    config: Annotated[str, typer.Argument(help="pipeline config YAML whose backbones (sft.base_model, sft.backbones) are evaluated")],
+    config: Annotated[str, typer.Argument(
+        help="pipeline config YAML whose backbones (sft.base_model, sft.backbones) are evaluated")],
     out: Annotated[Path | None, typer.Option(help="folder to write (default: reports/CONFIG-NAME)")] = None,
     set_: SetOption = None,
 ) -> None:
@@ -273,7 +282,8 @@ def report(
     summary = write_backbone_report(cfg, folder)
     typer.echo(f"{len(summary['backbones'])} backbone(s) -> {folder / 'report.md'}")
     for row in summary["overview"]:
-        typer.echo(f"  {row['method']:<16}" + "  ".join("-" if row[b] is None else f"{row[b]:.4f}" for b in summary["backbones"]))
+        typer.echo(f"  {row['method']:<16}"
+                   + "  ".join("-" if row[b] is None else f"{row[b]:.4f}" for b in summary["backbones"]))
 
 
 data_app = typer.Typer(help="Prompt data: build the files data.* names from the datasets users have.",
@@ -297,10 +307,13 @@ def data_build(
     cfg = load_config(config, set_)
     require_models(cfg, tokenizer_needs(cfg))  # over-long prompts are counted in every backbone's tokens
     for built in build_data(cfg, force):
-        dropped = ", ".join(f"{n:,} {why}" for why, n in built.counts.items() if why not in ("read", "kept", "examined"))
+        dropped = ", ".join(f"{n:,} {why}" for why, n in built.counts.items()
+                            if why not in ("read", "kept", "examined"))
         short = f" (SHORT: {built.wanted:,} asked for)" if built.wanted and len(built.prompts) < built.wanted else ""
-        typer.echo(f"{built.name}: {len(built.prompts):,} prompts{short} -> {built.path}{'' if built.written else ' (unchanged)'} "
-                   f"(of {built.counts['read']:,} read; dropped: {dropped or 'none'}; record: {record_path(built.path)})")
+        typer.echo(f"{built.name}: {len(built.prompts):,} prompts{short} -> {built.path}"
+                   f"{'' if built.written else ' (unchanged)'} "
+                   f"(of {built.counts['read']:,} read; dropped: {dropped or 'none'}; "
+                   f"record: {record_path(built.path)})")
 
 
 @app.command()
@@ -312,7 +325,8 @@ def deploy(
     from deployments.deploy import ensure_work_pools, register_deployments, work_pools
 
     created = ensure_work_pools(work_pools(), pool_type)
-    typer.echo(f"work pools: {', '.join(work_pools())} ({'created ' + ', '.join(created) if created else 'all existed'})")
+    typer.echo(f"work pools: {', '.join(work_pools())} "
+               f"({'created ' + ', '.join(created) if created else 'all existed'})")
     register_deployments()
 
 

@@ -113,7 +113,8 @@ def run_backbone(config: PipelineConfig, stage: str | None) -> str:
     stages = {job.label: {"fingerprint": job.ref.fingerprint, "state": states[job.label],
                           "reused": states[job.label] == "reused"} for job in ran}
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    where = store.write_run(run_id, {"config": config.model_dump(), "stages": stages, "seconds": elapsed, "stage": stage})
+    where = store.write_run(run_id, {"config": config.model_dump(), "stages": stages, "seconds": elapsed,
+                                     "stage": stage})
     for label, info in stages.items():
         logger.info("  %-16s %s  %s", label, info["fingerprint"], info["state"])
     logger.info("run record: %s", where)

@@ -144,7 +144,8 @@ def export_pairs(config: PipelineConfig, target: Path, alpha: float | None = Non
     if target.suffix == ".parquet":
         pq.write_table(out, target)
     else:
-        target.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in out.to_pylist()), encoding="utf-8")
+        target.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in out.to_pylist()),
+                          encoding="utf-8")
     return out.num_rows
 
 

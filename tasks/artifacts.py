@@ -67,7 +67,8 @@ def image_markdown(png: bytes, caption: str, where: str) -> str:
 
 def publish_summary(ref: DatasetRef, manifest: dict[str, Any], key: str) -> None:
     """A table artifact per stage output (stable key) with its rows, parts and fingerprint."""
-    row = {"stage": ref.stage, "fingerprint": ref.fingerprint, "rows": manifest["rows"], "parts": len(manifest["parts"])}
+    row = {"stage": ref.stage, "fingerprint": ref.fingerprint, "rows": manifest["rows"],
+           "parts": len(manifest["parts"])}
     row.update({k: rounded(v) for k, v in manifest.get("meta", {}).items() if isinstance(v, (int, float, str))})
     try:
         create_table_artifact(key=key, table=[row], description=f"{ref.stage} output {ref}")
@@ -147,7 +148,8 @@ def publish_report_artifacts(store: ArtifactStore, ref: DatasetRef) -> None:
     keys = {name: artifact_key("plot-" + name.removesuffix(".png")) for name in plots}
     listing = "".join(f"- `{keys[name]}`: {report.plots.get(name, name)}\n" for name in plots)
     create_markdown_artifact(key="semdpo-report",
-                             markdown=tables_markdown(scores, report) + "\n## Plots (each its own artifact)\n\n" + listing,
+                             markdown=tables_markdown(scores, report) + "\n## Plots (each its own artifact)\n\n"
+                             + listing,
                              description="the paper's tables for this run; its figures are the semdpo-plot-* artifacts")
     create_table_artifact(key="semdpo-report-scores", table=rounded_rows(scores.to_pylist()),
                           description="mean score per dataset x method x metric (paper Tables 5-7)")
@@ -158,11 +160,13 @@ def publish_report_artifacts(store: ArtifactStore, ref: DatasetRef) -> None:
                               table=rounded_rows([h.columns() for h in report.head_to_head]),
                               description=f"{report.focus} against each method: win / tie / loss (paper Figure 4)")
     if report.drift.methods:
-        create_table_artifact(key="semdpo-report-drift", table=rounded_rows([d.columns() for d in report.drift.methods]),
+        create_table_artifact(key="semdpo-report-drift",
+                              table=rounded_rows([d.columns() for d in report.drift.methods]),
                               description=f"Proposition 2, eps = {report.drift.epsilon:.4f}")
     for name, png in plots.items():
         caption = report.plots.get(name, name)
-        create_markdown_artifact(key=keys[name], markdown=image_markdown(png, caption, store.file_url(ref, f"plots/{name}")),
+        create_markdown_artifact(key=keys[name],
+                                 markdown=image_markdown(png, caption, store.file_url(ref, f"plots/{name}")),
                                  description=caption)
 
 

@@ -49,4 +49,5 @@ def run_on_ray(name: str, submissions: list[tuple[Task, dict[str, Any]]], runner
 
     connect(runner)
     resources = {"num_gpus": runner.gpus_per_shard} if torch.cuda.is_available() else {"num_cpus": 1}
-    return tasks_on_ray.with_options(name=name, task_runner=RayTaskRunner(address=runner.address))(submissions, resources)
+    return tasks_on_ray.with_options(name=name,
+                                     task_runner=RayTaskRunner(address=runner.address))(submissions, resources)

@@ -148,5 +148,6 @@ def run_jobs(jobs: list[Job], runtime: Runtime, runner: RunnerConfig) -> dict[st
     else:
         for task, arguments in submissions:
             task(**arguments)
-    resumed = {job.label: any(store.checkpoint_steps(job.ref).values()) for job in unsharded if checks[job.label] != "done"}
+    resumed = {job.label: any(store.checkpoint_steps(job.ref).values())
+               for job in unsharded if checks[job.label] != "done"}
     return states | {label: run_state(check, resumed.get(label, False)) for label, check in checks.items()}

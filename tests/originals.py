@@ -86,7 +86,8 @@ def image_reward():
     from transformers import BertTokenizer
 
     if "additional_special_tokens_ids" not in vars(BertTokenizer):  # transformers 5: extra_special_tokens
-        BertTokenizer.additional_special_tokens_ids = property(lambda t: t.convert_tokens_to_ids(t.extra_special_tokens))
+        BertTokenizer.additional_special_tokens_ids = property(
+            lambda t: t.convert_tokens_to_ids(t.extra_special_tokens))
     med.BertModel.invert_attention_mask = _invert_attention_mask
     med.BertModel.get_head_mask = _get_head_mask
     if not hasattr(med.BertModel, "_semdpo_shimmed"):

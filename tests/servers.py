@@ -117,7 +117,8 @@ def final_task_states(flow_run_filter, api_url: str | None = None, settle_s: flo
         temporary_settings,
     )
 
-    updates = {**({PREFECT_API_URL: api_url} if api_url else {}), **({PREFECT_API_AUTH_STRING: auth_string} if auth_string else {})}
+    updates = {**({PREFECT_API_URL: api_url} if api_url else {}),
+               **({PREFECT_API_AUTH_STRING: auth_string} if auth_string else {})}
     deadline = time.monotonic() + settle_s
     with temporary_settings(updates=updates), get_client(sync_client=True) as client:
         while True:

@@ -13,20 +13,24 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def test_world_yaml_is_the_offline_default():
     assert load_config(CONFIGS / "world.yaml") == PipelineConfig() == load_config(None)
     c = load_config(None)
-    assert (c.render.model, c.label.reward_model.model, c.sft.base_model) == ("world:renderer", "world:aesthetic", "tiny:world-rewriter")
+    assert (c.render.model, c.label.reward_model.model, c.sft.base_model) == ("world:renderer", "world:aesthetic",
+                                                                              "tiny:world-rewriter")
     assert set(c.evaluate.scorers) == {"alignment", "aesthetic", "pick"}  # named for what they are, never CLIP or HPS
 
 
 def test_tiny_yaml_runs_the_real_architectures():
     c = load_config(CONFIGS / "tiny.yaml")
-    assert (c.render.model, c.sft.base_model, c.label.reward_model.kind) == ("tiny:stable-diffusion", "tiny:rewriter", "image_reward")
+    assert (c.render.model, c.sft.base_model, c.label.reward_model.kind) == ("tiny:stable-diffusion", "tiny:rewriter",
+                                                                             "image_reward")
     assert {s.kind for s in c.evaluate.scorers.values()} == {"clip", "hpsv2", "pickscore", "image_reward"}
 
 
 def test_paper_yaml_carries_the_paper_settings():
     c = load_config(CONFIGS / "paper.yaml")
-    assert (c.train.beta, c.train.alpha, c.train.learning_rate, c.train.batch_size, c.train.epochs) == (0.05, 4.0, 5e-6, 8, 1)
-    assert (c.render.model, c.render.num_inference_steps, c.data.max_train_prompts) == ("CompVis/stable-diffusion-v1-4", 20, 50000)
+    assert ((c.train.beta, c.train.alpha, c.train.learning_rate, c.train.batch_size, c.train.epochs)
+            == (0.05, 4.0, 5e-6, 8, 1))
+    assert ((c.render.model, c.render.num_inference_steps, c.data.max_train_prompts)
+            == ("CompVis/stable-diffusion-v1-4", 20, 50000))
     assert c.label.reward_model.kind == "image_reward"
 
 

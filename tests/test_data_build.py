@@ -210,7 +210,8 @@ def test_the_command_prints_each_set_and_refuses_a_config_without_build(sources)
     assert result.exit_code == 2 and ("must name the same sets: only data.test_prompts names ['drawbench']; "
                                       "only data.build.test names ['coco']") in result.output, result.output
     absent = str(sources / "no-such-model")
-    result = CliRunner().invoke(app, ["data", "build", str(write_config(sources)), "--set", f"sft.backbones=[{absent}]"])
+    result = CliRunner().invoke(app, ["data", "build", str(write_config(sources)),
+                                      "--set", f"sft.backbones=[{absent}]"])
     assert result.exit_code == 2 and f"sft.backbones: {absent} (not here)" in result.output, result.output
 
 
@@ -370,7 +371,8 @@ def test_a_prompt_that_is_not_text_is_an_error_naming_its_row_and_column(sources
 
 def test_a_set_with_nothing_left_is_refused_and_nothing_written(sources):
     (sources / "src/words.txt").write_text("castle\nastronaut\nramen\ncyberpunk\nfox\nlighthouse\nmodel\nword\n")
-    with pytest.raises(PromptFileError, match=r"lexica: no prompt is left to write \(10 read, .*word filter.*data.build"):
+    with pytest.raises(PromptFileError,
+                       match=r"lexica: no prompt is left to write \(10 read, .*word filter.*data.build"):
         build_data(load_config(write_config(sources)))
     assert not (sources / "out").exists()
 
@@ -431,5 +433,6 @@ def test_a_hub_source_takes_datasets_split_syntax(source, split):
 
 @pytest.mark.parametrize("source", ["hf:o/n:train:extra", "hf: o/n", "hf:o/n@:train", "hf:o/n:train test"])
 def test_a_malformed_hub_source_says_how_it_reads(source):
-    with pytest.raises(DatasetLoadError, match=r"hf:OWNER/NAME\[@REVISION\]\[:SPLIT\] with no spaces.*train\+validation"):
+    with pytest.raises(DatasetLoadError,
+                       match=r"hf:OWNER/NAME\[@REVISION\]\[:SPLIT\] with no spaces.*train\+validation"):
         parse_hub_source(source)

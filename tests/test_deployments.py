@@ -39,7 +39,8 @@ def prefect_server(tmp_path: Path, server_env: dict[str, str] | None = None) -> 
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "SEMDPO_STORE": str(tmp_path / "store")}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)],
                               env={**env, **(server_env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     deadline = time.monotonic() + 120
@@ -76,8 +77,8 @@ def prefect_api_with_auth(tmp_path):
 
 def deploy(env: dict) -> subprocess.CompletedProcess:
     """`semdpo deploy`: the work pools and every deployment of prefect.yaml."""
-    return subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600)
 
 
 @contextlib.contextmanager
@@ -121,8 +122,8 @@ def http_status(url: str, auth: str | None = None, body: bytes | None = None) ->
 def task_states(flow_run_name: str, env: dict) -> list[str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
-    return final_task_states(FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])), api_url=env["PREFECT_API_URL"],
-                             auth_string=env.get("PREFECT_API_AUTH_STRING"))
+    return final_task_states(FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])),
+                             api_url=env["PREFECT_API_URL"], auth_string=env.get("PREFECT_API_AUTH_STRING"))
 
 
 def flow_run_name(output: str) -> str:
@@ -163,7 +164,8 @@ def test_deploy_trigger_watch_and_rerun_cached(tmp_path, prefect_api):
         assert "PREFECT_LOGGING_EXTRA_LOGGERS" not in env
         logs = flow_run_logs(flow_run_name(first.stdout), env["PREFECT_API_URL"], wait_for="final loss")
         library = [message for name, message in logs if name.startswith("semdpo.")]
-        assert any("shards, 0 reused" in m for m in library) and any("dpo: " in m and "final loss" in m for m in library)
+        assert (any("shards, 0 reused" in m for m in library)
+                and any("dpo: " in m and "final loss" in m for m in library))
         assert not any("checkpoint at step" in m for m in library)
         first_states = task_states(flow_run_name(first.stdout), env)
         assert first_states and "Cached" not in first_states

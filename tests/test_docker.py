@@ -16,7 +16,8 @@ DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile.*"))
 
 def instructions(path: Path) -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", path.read_text())
-    return [tuple(line.strip().split(None, 1)) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [tuple(line.strip().split(None, 1)) for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -98,7 +99,8 @@ def environments(model: dict) -> dict[str, dict[str, str]]:
     out = {}
     for name, service in model["services"].items():
         env = service.get("environment") or {}
-        out[name] = dict(item.split("=", 1) for item in env) if isinstance(env, list) else {k: str(v) for k, v in env.items()}
+        out[name] = (dict(item.split("=", 1) for item in env) if isinstance(env, list)
+                     else {k: str(v) for k, v in env.items()})
     return out
 
 
@@ -122,7 +124,8 @@ def required_variables() -> set[str]:
 
 def make_env(path: Path, *args: str) -> subprocess.CompletedProcess:
     """docker/make_env.py run as `make env` runs it, writing `path` instead of docker/.env."""
-    return subprocess.run([sys.executable, str(MAKE_ENV), "--path", str(path), *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, str(MAKE_ENV), "--path", str(path), *args], capture_output=True, text=True,
+                          timeout=60)
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -147,7 +150,8 @@ def test_compose_file_holds_no_credential_literal():
     for service, env in {**environments(model), "x-semdpo-env": model["x-semdpo-env"]}.items():
         for key, value in env.items():
             if CREDENTIAL_KEY.search(key):
-                assert REQUIRED_REFERENCE.fullmatch(value), f"{service}: {key} must be a ${{VAR:?...}} reference, not {value!r}"
+                assert REQUIRED_REFERENCE.fullmatch(value), (f"{service}: {key} must be a ${{VAR:?...}} reference, "
+                                                             f"not {value!r}")
             for password in re.findall(r"://[^:/@\s]+:([^@]+)@", value):  # user:password@ in a URL
                 assert REQUIRED_REFERENCE.fullmatch(password), f"{service}: {key} carries a password literal"
     # the bucket container logs in with its environment's credentials, expanded by its shell
@@ -160,13 +164,15 @@ def test_compose_file_holds_no_credential_literal():
     assert "PREFECT_SERVER_API_AUTH_STRING" in server
     api_clients = [name for name, env in clients.items() if "PREFECT_API_URL" in env]
     assert {"deploy", "cpu-worker", "gpu-worker"} <= set(api_clients)
-    assert all(clients[name]["PREFECT_API_AUTH_STRING"] == server["PREFECT_SERVER_API_AUTH_STRING"] for name in api_clients)
+    assert all(clients[name]["PREFECT_API_AUTH_STRING"] == server["PREFECT_SERVER_API_AUTH_STRING"]
+               for name in api_clients)
     # the healthcheck sends no credentials: it must use the path Prefect leaves open (GET /api/health)
     assert "/api/health'" in " ".join(model["services"]["prefect-server"]["healthcheck"]["test"])
 
 
 def test_compose_refuses_to_start_without_the_env_file():
-    assert {"SEMDPO_POSTGRES_PASSWORD", "SEMDPO_MINIO_USER", "SEMDPO_MINIO_PASSWORD", "SEMDPO_PREFECT_AUTH"} <= required_variables()
+    assert {"SEMDPO_POSTGRES_PASSWORD", "SEMDPO_MINIO_USER", "SEMDPO_MINIO_PASSWORD",
+            "SEMDPO_PREFECT_AUTH"} <= required_variables()
     with pytest.raises(MissingVariable):
         resolved(compose_model(), {"SEMDPO_BIND": "127.0.0.1"})
 
@@ -177,7 +183,8 @@ def test_make_env_writes_every_required_variable_and_keeps_an_existing_file(tmp_
     assert written.returncode == 0, written.stderr
     values = env_file(path)
     assert set(values) == required_variables()
-    assert all(re.fullmatch(r"[A-Za-z0-9_:-]{8,}", v) for v in values.values()), "safe in a URL, a user:password and .env"
+    assert all(re.fullmatch(r"[A-Za-z0-9_:-]{8,}", v)
+               for v in values.values()), "safe in a URL, a user:password and .env"
     assert path.stat().st_mode & 0o777 == 0o600
 
     services = environments(resolved(compose_model(), values))  # compose starts: every ${VAR:?} has a value
@@ -187,7 +194,8 @@ def test_make_env_writes_every_required_variable_and_keeps_an_existing_file(tmp_
     for worker in ("cpu-worker", "gpu-worker", "deploy"):
         assert services[worker]["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
         assert services[worker]["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
-        assert services[worker]["PREFECT_API_AUTH_STRING"] == services["prefect-server"]["PREFECT_SERVER_API_AUTH_STRING"]
+        assert (services[worker]["PREFECT_API_AUTH_STRING"]
+                == services["prefect-server"]["PREFECT_SERVER_API_AUTH_STRING"])
     assert ":" in values["SEMDPO_PREFECT_AUTH"]  # Prefect's user:password form
 
     before = path.read_text()

@@ -68,7 +68,8 @@ def test_an_exported_folder_loads_with_plain_transformers_and_rewrites_the_same(
         p.name for p in target.iterdir()}
     card = (target / "README.md").read_text()
     assert "pipeline_tag: text-generation" in card and "| method | sem_dpo |" in card and "| beta |" in card
-    rewritten = CliRunner().invoke(app, ["rewrite", "-c", str(trained), "--method", "sem_dpo", *PROMPTS]).output.splitlines()
+    rewritten = CliRunner().invoke(app, ["rewrite", "-c", str(trained), "--method", "sem_dpo",
+                                         *PROMPTS]).output.splitlines()
     plain = subprocess.run([sys.executable, "-c", LOAD_PLAINLY, str(target), json.dumps(PROMPTS)], capture_output=True,
                            text=True, timeout=300, cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr[-3000:]
@@ -88,5 +89,6 @@ def test_an_exported_folder_loads_with_plain_transformers_and_rewrites_the_same(
 def test_an_untrained_or_unknown_run_is_one_clear_line(trained, tmp_path):
     unknown = CliRunner().invoke(app, ["rewrite", "-c", str(trained), "--method", "nope", "a fox"])
     assert unknown.exit_code == 2 and "has no training run 'nope'; its runs: sft, dpo, sem_dpo" in unknown.output
-    fresh = CliRunner().invoke(app, ["export", str(tmp_path / "x"), "-c", str(trained), "--set", f"store={tmp_path / 'empty'}"])
+    fresh = CliRunner().invoke(app, ["export", str(tmp_path / "x"), "-c", str(trained),
+                                     "--set", f"store={tmp_path / 'empty'}"])
     assert fresh.exit_code == 2 and "is not in the store" in fresh.output and "semdpo run" in fresh.output

@@ -28,7 +28,8 @@ def test_semantic_weight_is_exp_minus_alpha_times_cosine_distance(alpha):
 class FixedEncoder:
     """Known embeddings for known texts."""
 
-    vectors = {"x": [1.0, 0.0, 0.0], "same": [2.0, 0.0, 0.0], "orthogonal": [0.0, 3.0, 0.0], "opposite": [-1.0, 0.0, 0.0]}
+    vectors = {"x": [1.0, 0.0, 0.0], "same": [2.0, 0.0, 0.0], "orthogonal": [0.0, 3.0, 0.0],
+               "opposite": [-1.0, 0.0, 0.0]}
 
     def encode(self, texts, batch_size=64):
         return torch.nn.functional.normalize(torch.tensor([self.vectors[t] for t in texts]), dim=-1)

@@ -84,7 +84,8 @@ def trl_dpo(x: dict, loss_type: str, beta: float) -> torch.Tensor:
         beta=beta, use_weighting=False, label_smoothing=0.0,
     )
     inputs = {
-        "input_ids": torch.zeros(2 * B, T + 1, dtype=torch.long), "attention_mask": torch.ones(2 * B, T + 1, dtype=torch.long),
+        "input_ids": torch.zeros(2 * B, T + 1, dtype=torch.long),
+        "attention_mask": torch.ones(2 * B, T + 1, dtype=torch.long),
         "completion_mask": completion_mask, "ref_chosen_logps": x["rc"], "ref_rejected_logps": x["rr"],
     }
     return DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
@@ -116,13 +117,15 @@ def test_kto_equals_trl(seed):
         _compute_kl_logps=lambda model, batch: x["pkl"],
     )
     batch = {
-        "input_ids": torch.zeros(2 * B, T + 1, dtype=torch.long), "attention_mask": torch.ones(2 * B, T + 1, dtype=torch.long),
+        "input_ids": torch.zeros(2 * B, T + 1, dtype=torch.long),
+        "attention_mask": torch.ones(2 * B, T + 1, dtype=torch.long),
         "completion_mask": masks(torch.cat([x["nc"], x["nr"]])), "label": torch.tensor([True] * B + [False] * B),
         "ref_logps": torch.cat([x["rc"], x["rr"]]), "ref_KL_logps": x["rkl"],
     }
     theirs = KTOTrainer._compute_loss(trainer, model, batch, return_outputs=False)
     kl = kto_kl(x["pkl"], x["rkl"])
-    ours = kto_loss(x["pc"], x["pr"], x["rc"], x["rr"], beta=0.1, kl=kl, desirable_weight=1.0, undesirable_weight=1.33).mean()
+    ours = kto_loss(x["pc"], x["pr"], x["rc"], x["rr"], beta=0.1, kl=kl, desirable_weight=1.0,
+                    undesirable_weight=1.33).mean()
     assert kl.item() > 0
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
 
@@ -141,7 +144,8 @@ def test_orpo_odds_ratio_term_equals_trl(seed):
 
 
 def test_hard_filter_by_hand():
-    logps = [torch.tensor([-5.0, -5.0, -5.0]), torch.tensor([-7.0, -7.0, -7.0]), torch.tensor([-6.0] * 3), torch.tensor([-6.5] * 3)]
+    logps = [torch.tensor([-5.0, -5.0, -5.0]), torch.tensor([-7.0, -7.0, -7.0]), torch.tensor([-6.0] * 3),
+             torch.tensor([-6.5] * 3)]
     keep = semantic_filter(torch.tensor([0.1, 0.3, 0.30001]), tau=0.3)  # the hard filter is DPO weighted by 1{d <= tau}
     loss = sem_dpo_loss(*logps, beta=0.1, semantic_weight=keep.float())
     one = math.log1p(math.exp(-0.15))  # -log sigmoid(0.1 * 1.5)
@@ -150,17 +154,18 @@ def test_hard_filter_by_hand():
 
 def test_additive_by_hand():
     # margin 1.5, beta 0.1, fidelity gap 0.2 * coefficient 2 -> -log sigmoid(0.15 - 0.4)
-    loss = additive_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]), torch.tensor([-6.5]), beta=0.1,
-                         fidelity_margin=torch.tensor([0.2]), coefficient=2.0)
+    loss = additive_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]), torch.tensor([-6.5]),
+                         beta=0.1, fidelity_margin=torch.tensor([0.2]), coefficient=2.0)
     assert loss.item() == pytest.approx(math.log1p(math.exp(0.25)), abs=1e-7)
-    plain = additive_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]), torch.tensor([-6.5]), beta=0.1,
-                          fidelity_margin=torch.tensor([0.2]), coefficient=0.0)
-    assert plain.item() == pytest.approx(dpo_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]), torch.tensor([-6.5]), 0.1).item())
+    plain = additive_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]), torch.tensor([-6.5]),
+                          beta=0.1, fidelity_margin=torch.tensor([0.2]), coefficient=0.0)
+    assert plain.item() == pytest.approx(dpo_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]),
+                                                  torch.tensor([-6.5]), 0.1).item())
 
 
 def test_sem_dpo_by_hand():
-    loss = sem_dpo_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]), torch.tensor([-6.5]), beta=0.1,
-                        semantic_weight=torch.tensor([math.exp(-4 * 0.2)]))
+    loss = sem_dpo_loss(torch.tensor([-5.0]), torch.tensor([-7.0]), torch.tensor([-6.0]), torch.tensor([-6.5]),
+                        beta=0.1, semantic_weight=torch.tensor([math.exp(-4 * 0.2)]))
     assert loss.item() == pytest.approx(math.exp(-0.8) * math.log1p(math.exp(-0.15)), abs=1e-7)
 
 
@@ -195,4 +200,5 @@ def test_beta_dpo_filter_keeps_rho_of_the_batch_and_prefers_typical_margins():
 
 
 def test_dpo_logits_sign():
-    assert dpo_logits(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])).item() == 2.0
+    assert dpo_logits(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
+                      torch.tensor([-2.0])).item() == 2.0

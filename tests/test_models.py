@@ -59,7 +59,8 @@ def test_missing_model_names_the_id_and_how_to_provide_it(tmp_path):
 
     with pytest.raises(ModelNotFound, match=r"cannot load model '.*no-such-model': local directory .* does not exist"):
         pretrained(AutoConfig, str(tmp_path / "no-such-model"))
-    with pytest.raises(ModelNotFound, match=r"(?s)cannot load model 'nobody/no-such-model'.*hf download nobody/no-such-model"):
+    with pytest.raises(ModelNotFound,
+                       match=r"(?s)cannot load model 'nobody/no-such-model'.*hf download nobody/no-such-model"):
         pretrained(AutoConfig, "nobody/no-such-model")
 
 
@@ -95,7 +96,8 @@ def test_semantic_encoder_loads_a_full_clip_with_the_projection_the_checkpoint_h
     texts = ["a desert city at noon", "a red fox in a snowy field"]
     e = SemanticEncoder(str(tmp_path), CPU).encode(texts)
     with torch.no_grad():
-        reference = CLIPModel.from_pretrained(tmp_path).eval().get_text_features(**tokenizer(texts, padding=True, return_tensors="pt"))
+        reference = CLIPModel.from_pretrained(tmp_path).eval().get_text_features(**tokenizer(texts, padding=True,
+                                                                                             return_tensors="pt"))
     reference = getattr(reference, "pooler_output", reference)  # transformers 5 may return an output object
     assert e.shape == (2, 24)
     assert torch.allclose(e, torch.nn.functional.normalize(reference, dim=-1), atol=1e-6)

@@ -14,7 +14,8 @@ def candidates(rows):
 
 
 def test_chosen_is_best_and_rejected_is_worst():
-    table = candidates([("a0", "a", "low"), ("a1", "a", "high"), ("a2", "a", "mid"), ("b0", "b", "x"), ("b1", "b", "y")])
+    table = candidates([("a0", "a", "low"), ("a1", "a", "high"), ("a2", "a", "mid"), ("b0", "b", "x"),
+                        ("b1", "b", "y")])
     pairs = select_pairs(table, {"a0": -1.0, "a1": 2.5, "a2": 0.3, "b0": 0.7, "b1": 0.1}).to_pylist()
     assert [(p["prompt_id"], p["chosen"], p["rejected"]) for p in pairs] == [("a", "high", "low"), ("b", "x", "y")]
     assert [(p["chosen_id"], p["rejected_id"]) for p in pairs] == [("a1", "a0"), ("b0", "b1")]

@@ -214,7 +214,8 @@ def test_several_backbones_run_in_turn_and_share_one_report(tmp_path, prefect_se
         own = store.read_table(plan_pipeline(one).ref("report"), REPORT_SCORES).to_pylist()
         block = [{k: v for k, v in r.items() if k != "backbone"} for r in combined if r["backbone"] == backbone]
         assert block == own
-        assert (tmp_path / f"side-by-side/plots/scatter-{backbone.replace(':', '-')}-demo-clip_score-vs-hps_v21.png").exists()
+        assert (tmp_path / f"side-by-side/plots/scatter-{backbone.replace(':', '-')}"
+                           "-demo-clip_score-vs-hps_v21.png").exists()
     # a backbone not evaluated yet is named
     result = CliRunner().invoke(app, ["report", str(config), "--set", "sft.backbones=[tiny:llama]"])
     assert result.exit_code == 2 and "tiny:llama not evaluated" in result.output

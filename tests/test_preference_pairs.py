@@ -61,7 +61,8 @@ def test_own_pairs_with_an_empty_field_or_a_fidelity_method_are_refused(tmp_path
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"prompt": "a fox", "chosen": "a red fox, golden hour", "rejected": "a fox"}\n'
                    '{"prompt": "an owl", "chosen": "", "rejected": "an owl, 4k"}\n')
-    config = write_config(tmp_path / "c.yaml", store=str(tmp_path / "s"), data={**SMALL["data"], "preference_pairs": str(bad)})
+    config = write_config(tmp_path / "c.yaml", store=str(tmp_path / "s"),
+                          data={**SMALL["data"], "preference_pairs": str(bad)})
     result = CliRunner().invoke(app, ["run", str(config)])
     assert result.exit_code == 2 and f"{bad}:2: empty 'chosen'" in result.output, result.output
     additive = CliRunner().invoke(app, ["status", str(config), "--set", "train.methods=[additive]"])

@@ -154,7 +154,8 @@ def test_control_characters_and_terminal_escapes_are_removed_and_counted(tmp_pat
     with caplog.at_level(logging.WARNING, logger="semdpo"):
         kept = clean_prompts(read_records(str(path), ["prompt"]), "prompt")
     assert [r.fields["prompt"] for r in kept] == ["clean prompt", "a red fox", "a red owl", "bell tower"]
-    assert f"{path}: 3 prompt(s) held control characters or terminal escapes, removed (first at {path}:2)" in caplog.text
+    assert (f"{path}: 3 prompt(s) held control characters or terminal escapes, "
+            f"removed (first at {path}:2)") in caplog.text
 
 
 def test_many_over_long_prompts_make_one_line_with_the_first_line_numbers(tmp_path, caplog):
@@ -170,7 +171,8 @@ def test_many_over_long_prompts_make_one_line_with_the_first_line_numbers(tmp_pa
 
 
 @pytest.mark.parametrize("content, why", [("", "holds no prompts"), ("\n  \n\t\n", "holds only blank lines"),
-                                           ("word " * 60 + "\n" + "other " * 70 + "\n", "every one of its 2 prompts is longer")])
+                                           ("word " * 60 + "\n" + "other " * 70 + "\n",
+                                            "every one of its 2 prompts is longer")])
 def test_a_file_without_a_usable_prompt_is_refused_before_any_stage(tmp_path, content, why):
     from typer.testing import CliRunner
 

@@ -44,7 +44,8 @@ def test_a_promptist_layout_model_is_evaluated_with_its_template_and_in_every_re
     rewriter = {"model": str(weights), "tokenizer": str(tokenizer_dir), "template": TEMPLATE, "num_beams": 3,
                 "max_new_tokens": 10}
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({**SMALL, "store": str(tmp_path / "store"), "train": {**SMALL["train"], "methods": ["sem_dpo"]},
+    config.write_text(yaml.safe_dump({**SMALL, "store": str(tmp_path / "store"),
+                                      "train": {**SMALL["train"], "methods": ["sem_dpo"]},
                                       "evaluate": {**SMALL.get("evaluate", {}), "rewriters": {"promptist": rewriter}}}))
     pipeline(config_path=str(config))
     cfg = load_config(config)

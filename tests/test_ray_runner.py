@@ -73,4 +73,5 @@ def test_ray_runner_runs_shards_and_training_runs_at_once_and_writes_the_same_ou
     assert len(a["render"]["parts"]) == 2  # 8 prompts, 4 per shard
     # the training runs overlapped on Ray (two CPUs: two at a time): some run started before another finished
     runs = [b[f"train:{m}"]["meta"] for m in ("dpo", "sem_dpo", "slic")]
-    assert any(a["started"] < b["finished"] and b["started"] < a["finished"] for a in runs for b in runs if a is not b), runs
+    assert any(a["started"] < b["finished"] and b["started"] < a["finished"]
+               for a in runs for b in runs if a is not b), runs

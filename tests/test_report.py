@@ -54,7 +54,8 @@ def evaluation(rows=ROWS) -> pa.Table:
 
 
 def cell(table: pa.Table, dataset: str, method: str, metric: str, field: str = "mean") -> float:
-    return next(r[field] for r in table.to_pylist() if (r["dataset"], r["method"], r["metric"]) == (dataset, method, metric))
+    return next(r[field] for r in table.to_pylist()
+                if (r["dataset"], r["method"], r["metric"]) == (dataset, method, metric))
 
 
 def test_scores_and_min_max_normalised_average():
@@ -87,8 +88,8 @@ def test_a_method_outside_the_normalised_set_changes_no_other_score():
     # on the paper set's scale: clip (.10 - .23) / (.27 - .23), pick (25 - 21) / (22.5 - 21)
     assert cell(beside, "A", "ipo", "clip", "normalized") == pytest.approx(-3.25)
     assert cell(beside, "A", "ipo", "pick", "normalized") == pytest.approx(8 / 3)
-    scores, report, _ = build_report(evaluation(ROWS + extra), ReportConfig(semantic_metric="clip", preference_metrics=["pick"]),
-                                     {}, "")
+    scores, report, _ = build_report(evaluation(ROWS + extra),
+                                     ReportConfig(semantic_metric="clip", preference_metrics=["pick"]), {}, "")
     assert report.normalised_over == ["human", "dpo", "sem_dpo"]
     text = markdown(scores, report, {})
     assert "| A | ipo * |" in text and "ipo (marked *) are put on the same scale beside them" in text
@@ -208,9 +209,11 @@ def test_normalise_over_names_methods():
 
     with pytest.raises(ConfigError, match=r"report.normalise_over \['semdpo'\] name no method; choose from human, sft"):
         load_config(None, ["report.normalise_over=[human,semdpo]"])
-    assert load_config(None, ["report.normalise_over=[human,sem_dpo@alpha=2]"]).report.normalise_over[1] == "sem_dpo@alpha=2"
-    assert load_config(None, ["report.normalise_over=[human,promptist]",
-                              "evaluate.rewriters={promptist: {model: tiny:gpt2}}"]).report.normalise_over[1] == "promptist"
+    assert (load_config(None, ["report.normalise_over=[human,sem_dpo@alpha=2]"]).report.normalise_over[1]
+            == "sem_dpo@alpha=2")
+    assert (load_config(None, ["report.normalise_over=[human,promptist]",
+                               "evaluate.rewriters={promptist: {model: tiny:gpt2}}"]).report.normalise_over[1]
+            == "promptist")
 
 
 def test_the_backbone_report_focuses_each_block_as_its_own_report_does():

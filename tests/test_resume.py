@@ -43,11 +43,13 @@ def write_config(tmp_path: Path, name: str, store: str) -> Path:
 def part_digests(config_path: Path) -> dict[str, list[str]]:
     config = load_config(config_path)
     store = ArtifactStore(config.store_root())
-    return {label: [p["sha256"] for p in store.manifest(ref)["parts"]] for label, ref in plan_pipeline(config).outputs()}
+    return {label: [p["sha256"] for p in store.manifest(ref)["parts"]]
+            for label, ref in plan_pipeline(config).outputs()}
 
 
 def run_cli(config: Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True, text=True, timeout=600, **kwargs)
+    return subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True, text=True,
+                          timeout=600, **kwargs)
 
 
 def start_cli(config: Path) -> subprocess.Popen:
@@ -92,7 +94,8 @@ def test_runs_killed_mid_render_and_mid_training_resume_where_they_stopped(tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "render: reusing" in log or "Cached" in log
-    total = ArtifactStore(load_config(config).store_root()).manifest(plan.ref("pairs"))["rows"] * SMALL["train"]["epochs"]
+    total = (ArtifactStore(load_config(config).store_root()).manifest(plan.ref("pairs"))["rows"]
+             * SMALL["train"]["epochs"])
     assert f"dpo: resuming from the checkpoint at step {newest} of {total}" in log
     assert part_digests(config) == part_digests(reference)
 
@@ -144,7 +147,8 @@ def test_render_shard_log_counts_reused_and_computed(tmp_path):
     done = len(list((render_dir / "_shards").glob("*.json")))
     result = run_cli(config)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"render {plan.ref('render')}: 6 shards, {done} reused, {6 - done} to compute" in result.stdout + result.stderr
+    assert (f"render {plan.ref('render')}: 6 shards, {done} reused, {6 - done} to compute"
+            in result.stdout + result.stderr)
 
 
 def test_damaged_part_is_recomputed_not_read(tmp_path, prefect_server):
@@ -192,7 +196,8 @@ class StoreCut(threading.Thread):
         super().__init__(daemon=True)
         self.proxy, self.render, self.restart_after = proxy, render, restart_after
         self.bucket, self.prefix = s3_bucket.removeprefix("s3://").split("/", 1)
-        self.direct = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"].replace(str(proxy.port), str(proxy.target_port)))
+        self.direct = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"].replace(str(proxy.port),
+                                                                                             str(proxy.target_port)))
         self.stopped, self.restarted, self.cancelled = threading.Event(), threading.Event(), threading.Event()
 
     def run(self) -> None:
@@ -233,7 +238,8 @@ def test_s3_endpoint_down_for_20_s_mid_run_does_not_fail_the_run(tmp_path, s3_se
     assert all(store.is_committed(ref) and not store.invalid_entries(ref) for _, ref in plan_pipeline(cfg).outputs())
 
 
-def test_s3_outage_mid_run_fails_clearly_and_the_rerun_completes(tmp_path, s3_server, s3_bucket, prefect_server, monkeypatch):
+def test_s3_outage_mid_run_fails_clearly_and_the_rerun_completes(tmp_path, s3_server, s3_bucket, prefect_server,
+                                                                 monkeypatch):
     from flows.pipeline import pipeline
 
     monkeypatch.setenv("SEMDPO_STORE_RETRY_SECONDS", "2")  # an outage longer than the budget
@@ -278,7 +284,8 @@ def test_prefect_flow_run_retry_continues_a_failed_run(tmp_path, prefect_server)
     assert state.is_failed()
     plan = plan_pipeline(load_config(config))
     render_dir = tmp_path / "retry" / plan.ref("render").prefix
-    assert (render_dir / "_manifest.json").exists() and not (tmp_path / "retry" / plan.ref("label").prefix / "_manifest.json").exists()
+    assert ((render_dir / "_manifest.json").exists()
+            and not (tmp_path / "retry" / plan.ref("label").prefix / "_manifest.json").exists())
     before = {p.name: p.stat().st_mtime_ns for p in render_dir.glob("part-*.parquet")}
 
     shutil.rmtree(reward_model)
@@ -305,7 +312,8 @@ def test_a_missing_model_stops_the_flow_before_any_stage(tmp_path, prefect_serve
 
     config = tmp_path / "missing.yaml"
     config.write_text(yaml.safe_dump({**SMALL, "store": str(tmp_path / "missing"),
-                                      "label": {"reward_model": {"kind": "pickscore", "model": str(tmp_path / "nowhere")}}}))
+                                      "label": {"reward_model": {"kind": "pickscore",
+                                                                 "model": str(tmp_path / "nowhere")}}}))
     state = pipeline(config_path=str(config), return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match=r"label.reward_model.model: .*nowhere \(not here\)"):

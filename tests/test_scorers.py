@@ -75,9 +75,11 @@ def test_image_reward_matches_the_original(tmp_path):
         return VisionTransformer(img_size=image_size, patch_size=16, embed_dim=128, depth=2, num_heads=2), 128
 
     real_from_pretrained = BertTokenizer.from_pretrained.__func__
-    local = classmethod(lambda cls, ref, *a, **k: real_from_pretrained(cls, tokenizer_dir if ref == "bert-base-uncased" else ref, *a, **k))
+    local = classmethod(lambda cls, ref, *a, **k: real_from_pretrained(
+        cls, tokenizer_dir if ref == "bert-base-uncased" else ref, *a, **k))
     torch.manual_seed(0)
-    with mock.patch.object(blip_pretrain, "create_vit", small_vit), mock.patch.object(BertTokenizer, "from_pretrained", local):
+    with mock.patch.object(blip_pretrain, "create_vit", small_vit), \
+            mock.patch.object(BertTokenizer, "from_pretrained", local):
         original = IR.ImageReward(med_config=str(repo / "med_config.json"), device="cpu").eval()
     jitter(original, 0.05)
     torch.save(original.state_dict(), repo / "ImageReward.pt")  # the official file: a plain state dict
@@ -231,7 +233,8 @@ def test_blip_itm_matches_blips_own_modules(tmp_path):
             image_atts = torch.ones(image_embeds.size()[:-1], dtype=torch.long)
             caption = tokenizer(prompt, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
             output = text_encoder(caption.input_ids, attention_mask=caption.attention_mask,
-                                  encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts, return_dict=True)
+                                  encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts,
+                                  return_dict=True)
             itm_output = itm_head(output.last_hidden_state[:, 0, :])
             reference.append(torch.nn.functional.softmax(itm_output, dim=1)[:, 1].item())
     ours = load_scorer(ScorerConfig(kind="blip_itm", model=str(repo)), CPU).score(images(), PROMPTS)
@@ -265,7 +268,8 @@ def test_scorers_in_the_cuda_dtype_agree_with_float32(config):
     reference = load_scorer(config, CPU).score(images(), PROMPTS)
     half = lambda device: torch.float16  # noqa: E731
     with mock.patch.multiple(clip, inference_dtype=half), mock.patch.multiple(hps, inference_dtype=half), \
-            mock.patch.multiple(image_reward, inference_dtype=half), mock.patch.multiple(blip_itm, inference_dtype=half):
+            mock.patch.multiple(image_reward, inference_dtype=half), \
+            mock.patch.multiple(blip_itm, inference_dtype=half):
         scorer = load_scorer(config, CPU)
         scores = scorer.score(images(), PROMPTS)
     assert next(scorer.model.parameters()).dtype == torch.float16

@@ -98,7 +98,8 @@ def test_prefect_yaml_is_written_from_the_stage_table():
 
     assert PREFECT_FILE.read_text() == render(), "prefect.yaml is stale: run python -m deployments.prefect_yaml"
     spec = yaml.safe_load(PREFECT_FILE.read_text())
-    stages = [(d["parameters"]["stage"], d["work_pool"]["name"]) for d in spec["deployments"] if "stage" in d["parameters"]]
+    stages = [(d["parameters"]["stage"], d["work_pool"]["name"]) for d in spec["deployments"]
+              if "stage" in d["parameters"]]
     assert stages == [(s.name, f"semdpo-{s.pool}") for s in STAGES]
 
 
@@ -249,7 +250,8 @@ def imported_modules(path: Path, name: str, modules: dict[str, Path]) -> set[str
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}
     return {m for m in found if m in modules and m != name}

@@ -33,7 +33,8 @@ def store(request, tmp_path):
 def pairs_table(n=3, start=0):
     ids = [f"p{i}" for i in range(start, start + n)]
     return pa.table(
-        {"prompt_id": ids, "prompt": ["x"] * n, "chosen_id": [f"{i}-0" for i in ids], "rejected_id": [f"{i}-1" for i in ids],
+        {"prompt_id": ids, "prompt": ["x"] * n, "chosen_id": [f"{i}-0" for i in ids],
+         "rejected_id": [f"{i}-1" for i in ids],
          "chosen": ["w"] * n, "rejected": ["l"] * n,
          "chosen_reward": [1.0] * n, "rejected_reward": [0.0] * n}
     )
@@ -55,7 +56,8 @@ def test_fingerprint_is_stable_and_sensitive():
 
 def test_round_trip_and_manifest(store):
     assert not store.is_committed(REF)
-    store.write_dataset(REF, PAIRS, [pairs_table(2), pairs_table(3, 2)], files={"model/config.json": b"{}"}, meta={"k": 1})
+    store.write_dataset(REF, PAIRS, [pairs_table(2), pairs_table(3, 2)], files={"model/config.json": b"{}"},
+                        meta={"k": 1})
     assert store.is_committed(REF)
     assert store.read_table(REF, PAIRS).column("prompt_id").to_pylist() == ["p0", "p1", "p2", "p3", "p4"]
     assert store.read_part(REF, 1, PAIRS).num_rows == 3
@@ -265,7 +267,8 @@ class FakeClock:
 def client_error(code: str, status: int):
     from botocore.exceptions import ClientError
 
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "PutObject")
 
 
 def offline_backend(monkeypatch, retry_seconds: float) -> tuple[S3Backend, FakeClock]:
@@ -342,7 +345,8 @@ def test_s3_recovery_within_the_budget_returns_the_result_and_says_so(monkeypatc
 def test_s3_access_denied_is_not_retried_and_says_what_to_check(monkeypatch):
     backend, clock = offline_backend(monkeypatch, retry_seconds=300)
     op, calls = failing(client_error("AccessDenied", 403))
-    with pytest.raises(StoreError, match=r"refused the write of s3://semdpo-offline/artifacts/k \(AccessDenied\); check the credentials") as failure:
+    with pytest.raises(StoreError, match=r"refused the write of s3://semdpo-offline/artifacts/k \(AccessDenied\); "
+                                         r"check the credentials") as failure:
         backend._call("write", "k", op)
     assert not isinstance(failure.value, StoreUnavailable) and len(calls) == 1 and clock.pauses == []
 
@@ -355,7 +359,8 @@ def test_an_endpoint_that_never_answered_fails_within_the_first_contact_budget(m
     backend, clock = offline_backend(monkeypatch, retry_seconds=300)
     backend.answered = False  # a mistyped AWS_ENDPOINT_URL: nothing ever answered
     op, _ = failing(*[EndpointConnectionError(endpoint_url="http://x")] * 100)
-    with pytest.raises(StoreUnavailable, match="has not answered once since this process started; check AWS_ENDPOINT_URL"):
+    with pytest.raises(StoreUnavailable,
+                       match="has not answered once since this process started; check AWS_ENDPOINT_URL"):
         backend._call("read", "k", op)
     assert clock.now == FIRST_CONTACT_SECONDS < 300
 

@@ -29,7 +29,8 @@ def test_gc_lists_then_removes_only_what_no_config_needs(tmp_path):
     for ref in (finished, running):  # a finished run's checkpoints can go; a running one's must stay
         store.write_checkpoint(ref, 4, {"model.safetensors": b"c" * 5000})
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stray = tmp_path / kept.prefix / f".part-00000.parquet.{HOST}-{dead.stdout.strip()}.abcd1234.tmp"  # a killed writer's
+    # a killed writer's
+    stray = tmp_path / kept.prefix / f".part-00000.parquet.{HOST}-{dead.stdout.strip()}.abcd1234.tmp"
     stray.write_bytes(b"t" * 10)
 
     listed = CliRunner().invoke(app, ["gc", *overrides])

@@ -27,7 +27,8 @@ SETTINGS = TrainConfig(learning_rate=1e-3, batch_size=4, epochs=2, max_length=64
 @pytest.fixture(scope="module")
 def reference():
     model, tokenizer = load_rewriter("tiny:rewriter", CPU)
-    return reference_logps(model, tokenizer, DATA.prompts, DATA.chosen, DATA.rejected, DATA.kl_completions(), 4, 64), tokenizer
+    return (reference_logps(model, tokenizer, DATA.prompts, DATA.chosen, DATA.rejected, DATA.kl_completions(), 4, 64),
+            tokenizer)
 
 
 class Crash(Exception):
@@ -82,7 +83,8 @@ def test_method_specific_metrics(reference):
 
 def test_gradient_accumulation_matches_one_big_batch(reference):
     one = TrainConfig(learning_rate=1e-3, batch_size=4, epochs=1, max_length=64, warmup_ratio=0.0)
-    two = TrainConfig(learning_rate=1e-3, batch_size=2, gradient_accumulation_steps=2, epochs=1, max_length=64, warmup_ratio=0.0)
+    two = TrainConfig(learning_rate=1e-3, batch_size=2, gradient_accumulation_steps=2, epochs=1, max_length=64,
+                      warmup_ratio=0.0)
     a, ha = train("dpo", reference, settings=one, dropout=False)
     b, hb = train("dpo", reference, settings=two, dropout=False)
     assert len(ha) == len(hb) == 3

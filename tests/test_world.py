@@ -56,7 +56,8 @@ def random_scenes(n: int, seed: int, kind: str = "train") -> list[Scene]:
 
 def test_parse_reads_by_the_documented_rules():
     scene = parse("Two SMALL red Foxes, near a Big violet cottage in the desert; vivid colors, xyzzy, vivid colors")
-    assert scene == Scene((Thing("fox", "red", "small", 2), Thing("house", "purple", "large", 1)), "desert", ("vivid colors",))
+    assert scene == Scene((Thing("fox", "red", "small", 2), Thing("house", "purple", "large", 1)), "desert",
+                          ("vivid colors",))
     assert parse("a red blue fox").things == (Thing("fox", "blue"),)  # a later colour replaces a waiting one
     assert parse("a fox in the desert, in a forest").setting == "forest"  # the last setting wins
     assert parse("a fox, red").things == (Thing("fox"),)  # a colour with no noun after it is dropped
@@ -77,7 +78,8 @@ def test_describe_writes_prompts_that_parse_back_to_their_scene():
 def test_content_words_are_canonical_and_bound_to_their_noun():
     assert content_words("two small red foxes in the desert, vivid colors") == {
         "fox", "two fox", "red fox", "small fox", "desert"}
-    assert content_words("a big violet cottage on a snowfield") == content_words("a large purple house in a snowy field")
+    assert (content_words("a big violet cottage on a snowfield")
+            == content_words("a large purple house in a snowy field"))
     assert not content_words("a red fox") <= content_words("a blue fox")
     assert not content_words("a fox") <= content_words("two foxes")
 
@@ -189,7 +191,8 @@ def test_objects_are_drawn_as_named():
     for prompt, found in [
         ("two small red foxes in a meadow", [("fox", "red", "small")] * 2),
         ("a huge blue house in the desert", [("house", "blue", "huge")]),
-        ("three tiny yellow kites and a green tree at night", [("kite", "yellow", "tiny")] * 3 + [("tree", "green", None)]),
+        ("three tiny yellow kites and a green tree at night",
+         [("kite", "yellow", "tiny")] * 3 + [("tree", "green", None)]),
         ("a cat in a snowy field", [("cat", "black", None)]),  # the cat's default colour
     ]:
         for seed in range(3):
@@ -233,7 +236,7 @@ def test_rendering_is_fast():
     assert 300 / (time.perf_counter() - start) > 200  # measured about 3600 images/s on one core
 
 
-# --------------------------------------------------------------------------------------------- scorers on hand-made images
+# ------------------------------------------------------------------------------------------ scorers on hand-made images
 
 
 GREY = np.full((64, 64, 3), 0.5, dtype=np.float32)
@@ -322,7 +325,8 @@ def test_alignment_keeps_styled_renders_and_drops_for_a_changed_fact():
     originals, styled, changed = [], [], []
     for scene in scenes:
         originals.append(g.describe(scene, rng))
-        styles = tuple(str(s) for s in rng.choice([s.name for s in g.STYLES], size=int(rng.integers(1, 4)), replace=False))
+        styles = tuple(str(s) for s in rng.choice([s.name for s in g.STYLES], size=int(rng.integers(1, 4)),
+                                                  replace=False))
         styled.append(g.describe(Scene(scene.things, scene.setting, styles), rng))
         changed.append(g.describe(one_fact_changed(scene, rng), rng))
     seeds = list(range(len(scenes)))
@@ -345,7 +349,8 @@ def test_intended_dynamics_over_random_scenes():
         originals.append(g.describe(scene, rng))
         k = int(rng.integers(1, 4))
         good.append(", ".join([originals[-1], *rng.choice(g.GOOD_STYLES, size=k, replace=False)]))
-        harmful.append(", ".join([originals[-1], *rng.choice(g.HARMFUL_STYLES, size=int(rng.integers(1, 3)), replace=False)]))
+        harmful.append(", ".join([originals[-1], *rng.choice(g.HARMFUL_STYLES, size=int(rng.integers(1, 3)),
+                                                             replace=False)]))
         lush.append(g.describe(Scene(scene.things, str(rng.choice(g.LUSH_SETTINGS)), ()), rng))
     seeds = list(range(len(originals)))
     images = {name: RENDERER.render(ps, seeds, 64, 64)

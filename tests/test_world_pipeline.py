@@ -29,7 +29,8 @@ def test_world_sources_read_like_prompt_files_and_keep_test_combinations_out_of_
     assert len(set(train)) == len(train) and not set(train) & set(captions)
     held_out = [p for p in captions if any(is_reserved(t.noun, parse(p).setting) for t in parse(p).things)]
     assert len(held_out) == len(captions)  # every test caption shows a held-out (object, setting) pair
-    assert not [p for p in train if parse(p).setting and any(is_reserved(t.noun, parse(p).setting) for t in parse(p).things)]
+    assert not [p for p in train
+                if parse(p).setting and any(is_reserved(t.noun, parse(p).setting) for t in parse(p).things)]
     assert all(content_words(r.fields["original"]) <= content_words(r.fields["rewrite"]) for r in pairs)
     with pytest.raises(PromptFileError, match="world:captions"):
         read_records("world:nonsense", ["prompt"])
@@ -40,7 +41,8 @@ def test_render_stage_draws_the_world_deterministically_as_png():
     prompts, seeds = ["a red fox in a desert", "a red fox in a desert, vivid colors"], [3, 3]
     settings = dict(num_inference_steps=1, guidance_scale=1.0, height=48, width=48, batch_size=1)
     first = render_images(pipe, prompts, seeds, **settings)
-    assert first == render_images(pipe, prompts, seeds, **{**settings, "batch_size": 2})  # batch-independent, byte-identical
+    # batch-independent, byte-identical
+    assert first == render_images(pipe, prompts, seeds, **{**settings, "batch_size": 2})
     direct = WorldRenderer().render(prompts[:1], seeds[:1], 48, 48)[0]
     assert Image.open(io.BytesIO(first[0])).tobytes() == direct.tobytes()
     assert first[0] != first[1]  # the style word changed the image

@@ -220,7 +220,8 @@ def clean(rows: list[Row], label: str, words: list[str], seen: set[str], counts:
     return kept
 
 
-def rejects(too_long: Callable[[str], int | None], tests: NearDuplicates | None = None) -> Callable[[Candidate], str | None]:
+def rejects(too_long: Callable[[str], int | None],
+            tests: NearDuplicates | None = None) -> Callable[[Candidate], str | None]:
     """Why a prompt is not drawn: too long for a backbone, or (for the train set) a test prompt's twin."""
     def reason(candidate: Candidate) -> str | None:
         return (overlap(tests, candidate) if tests is not None else None) or (
@@ -266,7 +267,8 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
         shared = [path for path in set(named.values()) if list(named.values()).count(path) > 1]
         if shared:
             raise PromptFileError(f"{shared[0]} is the {kind} of several sets ("
-                                  f"{', '.join(n for n, p in named.items() if p == shared[0])}): give each its own file")
+                                  f"{', '.join(n for n, p in named.items() if p == shared[0])}): "
+                                  "give each its own file")
     for where, source in [*((f"data.build.test.{n}", s) for n, s in build.test.items()),
                           *((f"data.build.train[{i}]", s) for i, s in enumerate(build.train))]:
         check_revision(hub_dataset(source), where)
@@ -304,8 +306,9 @@ def build_data(config: PipelineConfig, force: bool = False) -> list[BuiltSet]:
     sets.append(train)
 
     # 4. every file checked, then written, each with its record beside it
-    filters = {"tokenizers": list(config.backbone_configs()), "max_prompt_tokens": d.max_prompt_tokens, "seed": config.seed,
-               "near_duplicate": build.near_duplicate, "word_filter": word_filter_record(build.word_filter, words)}
+    filters = {"tokenizers": list(config.backbone_configs()), "max_prompt_tokens": d.max_prompt_tokens,
+               "seed": config.seed, "near_duplicate": build.near_duplicate,
+               "word_filter": word_filter_record(build.word_filter, words)}
     write_sets(sets, filters, d.prompt_column, force)
     return sets
 
@@ -360,7 +363,8 @@ def required_build(config: PipelineConfig) -> DataBuildConfig:
         sides = [f"only data.test_prompts names {sorted(named - built)}" if named - built else "",
                  f"only data.build.test names {sorted(built - named)}" if built - named else ""]
         hint = (f"; data.test_prompts is one file, so its set is named {sorted(named)[0]!r} after it: write it as "
-                f"{{NAME: FILE}} with the name data.build.test uses" if isinstance(config.data.test_prompts, str) else "")
+                f"{{NAME: FILE}} with the name data.build.test uses"
+                if isinstance(config.data.test_prompts, str) else "")
         raise PromptFileError("data.build.test and data.test_prompts must name the same sets: "
                               + "; ".join(side for side in sides if side) + hint)
     return build

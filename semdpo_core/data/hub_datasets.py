@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 log = logging.getLogger("semdpo.data")
 
 HUB_PREFIX = "hf:"
-SPLIT = r"[\w.\-]+(?:\[[^\]]*\](?:\(\w+\))?)?"  # datasets' split syntax: train, test[:200], train[:10%](pct1_dropremainder)
+# datasets' split syntax: train, test[:200], train[:10%](pct1_dropremainder)
+SPLIT = r"[\w.\-]+(?:\[[^\]]*\](?:\(\w+\))?)?"
 HUB_SOURCE = re.compile(rf"^hf:(?P<path>[^@:\s]+)(?:@(?P<revision>[^:\s]+))?(?::(?P<split>{SPLIT}(?:\+{SPLIT})*))?$")
 
 
@@ -71,7 +72,8 @@ def load_hub(spec: HubDataset) -> tuple[Any, dict[str, Any]]:
         builder.download_and_prepare()
         dataset = builder.as_dataset(split=spec.split)
     except Exception as e:  # datasets raises many kinds; each becomes one line that names the dataset
-        raise DatasetLoadError(f"{spec}: datasets could not load it ({type(e).__name__}: {e}); {load_hint(spec)}") from None
+        raise DatasetLoadError(f"{spec}: datasets could not load it ({type(e).__name__}: {e}); "
+                               f"{load_hint(spec)}") from None
     provenance = {"resolved": None if is_builder(spec) else builder.hash,
                   "data_file_sha256": data_file_digests(builder, spec)}
     return dataset, provenance

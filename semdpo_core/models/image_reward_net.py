@@ -103,7 +103,8 @@ class ImageRewardModel(nn.Module):
         self.text = BlipTextModel(text_config, add_pooling_layer=False)
         self.head = RewardHead(text_config.hidden_size)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
         image_embeds = self.vision(pixel_values=pixel_values).last_hidden_state
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
         text = self.text(

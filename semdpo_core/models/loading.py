@@ -124,7 +124,8 @@ def load_diffusion(ref: str, device: torch.device, compile_unet: bool = False) -
     or, for `world:renderer`, the synthetic world's procedural renderer (CPU, no weights)."""
     if ref.startswith("world:"):
         if ref != WORLD_RENDERER:
-            raise ModelNotFound(f"unknown world model {ref!r} for render.model; the world's renderer is {WORLD_RENDERER!r}")
+            raise ModelNotFound(f"unknown world model {ref!r} for render.model; "
+                                f"the world's renderer is {WORLD_RENDERER!r}")
         return WorldRenderer()
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 

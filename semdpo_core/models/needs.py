@@ -155,7 +155,8 @@ def require_models(config: PipelineConfig, needs: list[ModelNeed] | None = None)
     command = fetch_command(missing)
     raise ModelNotFound(
         "models this config needs are not on this machine (nothing is downloaded):\n" + "\n".join(lines)
-        + (f"\nfetch them into the Hugging Face cache on a machine with network access:\n  {command}" if command else "")
+        + (f"\nfetch them into the Hugging Face cache on a machine with network access:\n  {command}"
+           if command else "")
         + "\nor set those fields to local folders that hold the models"
     )
 

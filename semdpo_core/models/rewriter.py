@@ -25,7 +25,8 @@ def prompt_token_count(tokenizer: Any, prompt: str) -> int:
     return len(tokenizer(pose(prompt), add_special_tokens=False, verbose=False).input_ids)  # no warning for a long one
 
 
-def encode_pairs(tokenizer: Any, prompts: list[str], completions: list[str], max_length: int) -> dict[str, torch.Tensor]:
+def encode_pairs(tokenizer: Any, prompts: list[str], completions: list[str],
+                 max_length: int) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask, and a mask of the completion tokens (incl. EOS)."""
     rows = []
     for prompt, completion in zip(prompts, completions, strict=True):
@@ -52,7 +53,8 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (logps * mask).sum(-1)
 
 
-def completion_logps(model: Any, tokenizer: Any, prompts: list[str], completions: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(model: Any, tokenizer: Any, prompts: list[str], completions: list[str],
+                     max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(y|x) of each (prompt, completion) and the completion's token count."""
     batch = encode_pairs(tokenizer, prompts, completions, max_length)
     return sequence_logps(model, batch), batch["completion_mask"].sum(-1).to(torch.float64)
@@ -116,4 +118,5 @@ def generate_with_stops(
     texts = [" ".join(t.split()) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     stopped = (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()
     k = num_return_sequences
-    return [texts[i * k : (i + 1) * k] for i in range(len(prompts))], [stopped[i * k : (i + 1) * k] for i in range(len(prompts))]
+    return ([texts[i * k : (i + 1) * k] for i in range(len(prompts))],
+            [stopped[i * k : (i + 1) * k] for i in range(len(prompts))])

@@ -31,7 +31,8 @@ def build_rewriter(path: Path, seed: int) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts") for r in read_records(f"demo:{s}", ["prompt"])]
+    texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts")
+             for r in read_records(f"demo:{s}", ["prompt"])]
     texts += [v for r in read_records("demo:sft_pairs", ["original", "rewrite"]) for v in r.fields.values()]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -67,7 +68,8 @@ def _demo_bpe_tokenizer(special_tokens: list[str], **tokens: str | None) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts") for r in read_records(f"demo:{s}", ["prompt"])]
+    texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts")
+             for r in read_records(f"demo:{s}", ["prompt"])]
     texts += [v for r in read_records("demo:sft_pairs", ["original", "rewrite"]) for v in r.fields.values()]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -133,7 +135,8 @@ def build_world_rewriter(path: Path, seed: int) -> None:
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
-    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, **WORLD_REWRITER)
+    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                        **WORLD_REWRITER)
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
 
@@ -233,7 +236,8 @@ def build_clip(path: Path, seed: int) -> None:
 
 def _demo_words() -> list[str]:
     """The lower-cased words of the demo text, for a tiny BERT WordPiece vocabulary."""
-    texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts") for r in read_records(f"demo:{s}", ["prompt"])]
+    texts = [r.fields["prompt"] for s in ("train_prompts", "test_prompts")
+             for r in read_records(f"demo:{s}", ["prompt"])]
     return sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower())})
 
 

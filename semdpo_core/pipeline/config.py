@@ -46,7 +46,8 @@ class PromptSource(Section):
     split: str = "train"
     revision: str | None = Field(None, description="a commit or tag to pin; recorded either way")
     data_files: str | list[str] | dict[str, str | list[str]] | None = None
-    field: str | None = Field(None, description="JSON files: the key holding the rows (COCO's captions files: annotations)")
+    field: str | None = Field(None, description="JSON files: the key holding the rows "
+                                                "(COCO's captions files: annotations)")
     column: str | None = Field(None, description="the prompt's column, when not the layout's")
 
 
@@ -56,7 +57,8 @@ class DataBuildConfig(Section):
 
     train: list[PromptSource] = Field(min_length=1, description="pooled into one train set")
     test: dict[str, PromptSource] = Field(description="one per data.test_prompts name")
-    word_filter: str | None = Field(None, description="a file of words or phrases, one a line: prompts holding one are dropped")
+    word_filter: str | None = Field(None, description="a file of words or phrases, one a line: "
+                                                      "prompts holding one are dropped")
     near_duplicate: float = Field(0.8, gt=0, le=1, description="a train prompt whose word set has this Jaccard "
                                                                "similarity with a test prompt's is dropped")
 
@@ -81,7 +83,8 @@ class DataConfig(Section):
                           "skipping candidates, render and label"
     )
 
-    build: DataBuildConfig | None = Field(None, description="the datasets `semdpo data build` makes the prompt files from")
+    build: DataBuildConfig | None = Field(None, description="the datasets `semdpo data build` "
+                                                            "makes the prompt files from")
 
     def test_sets(self) -> dict[str, str]:
         """{dataset name: source} (see `named_test_sets`)."""
@@ -112,7 +115,8 @@ class SFTConfig(Section):
     max_length: int = Field(96, ge=8)
     precision: Precision = Field("auto", description=PRECISION_HELP)
     lr_schedule: Literal["linear", "constant"] = Field("linear", description="linear: 5% warmup, then decay to 0")
-    check_pairs: int = Field(256, ge=0, description="SFT pairs held out of training (at most a tenth) to check the rewrites")
+    check_pairs: int = Field(256, ge=0, description="SFT pairs held out of training (at most a tenth) "
+                                                    "to check the rewrites")
     check_max_new_tokens: int = Field(32, ge=1, description="the token limit a checked rewrite must stop before")
 
 
@@ -147,7 +151,8 @@ class ScorerConfig(Section):
     """A scorer of images against prompts; `kind` picks the scoring rule (see semdpo_core.scorers)."""
 
     kind: Literal["clip", "pickscore", "image_reward", "hpsv2", "open_clip", "blip_itm", "world"]
-    model: str = Field(description="weights: a hub id (local HF cache), a folder, a file, tiny:NAME, or world:NAME (kind world)")
+    model: str = Field(description="weights: a hub id (local HF cache), a folder, a file, tiny:NAME, "
+                                   "or world:NAME (kind world)")
     processor: str | None = Field(None, description="processor/tokenizer when not beside the weights")
     architecture: str | None = Field(None, description="open_clip model name (hpsv2: ViT-H-14)")
 
@@ -206,10 +211,12 @@ class TrainConfig(Section):
     epochs: int = Field(2, ge=1)
     max_length: int = Field(96, ge=8)
     disable_dropout: bool = Field(
-        True, description="dropout off in the policy while training (as TRL does), so that at step 0 it equals the reference"
+        True, description="dropout off in the policy while training (as TRL does), "
+                          "so that at step 0 it equals the reference"
     )
     checkpoint_every: int = Field(32, ge=0, description="optimizer steps between resumable checkpoints; 0: none")
-    keep_checkpoints: int = Field(2, ge=1, description="newest resumable checkpoints kept per training run; older ones are deleted")
+    keep_checkpoints: int = Field(2, ge=1, description="newest resumable checkpoints kept per training run; "
+                                                       "older ones are deleted")
     report_to: list[Literal["tensorboard"]] = Field(
         [], description="also log every step to these trackers (tensorboard: event files under logging_dir)"
     )
@@ -235,7 +242,8 @@ class TrainConfig(Section):
                 try:
                     extra[key] = method.section.model_validate(value)
                 except ValidationError as e:
-                    problems = "; ".join(f"train.{key}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                    problems = "; ".join(f"train.{key}.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                                         for err in e.errors())
                     raise ValueError(problems) from None
         for method in METHODS.values():
             if method.section is not None and method.name not in extra:
@@ -259,7 +267,8 @@ class RewriterConfig(Section):
 
     model: str = Field(description="a causal LM: hub id (local HF cache), folder or tiny:NAME")
     tokenizer: str | None = Field(None, description="its tokenizer when not beside the weights (Promptist: gpt2)")
-    template: str = Field("{prompt}", description="how it is posed a prompt; {prompt} is replaced (Promptist: '{prompt} Rephrase:')")
+    template: str = Field("{prompt}", description="how it is posed a prompt; {prompt} is replaced "
+                                                  "(Promptist: '{prompt} Rephrase:')")
     num_beams: int = Field(1, ge=1, description="beam search width (Promptist: 8); 1 is greedy")
     length_penalty: float = 1.0
     max_new_tokens: int = Field(77, ge=1)
@@ -307,7 +316,8 @@ PAPER_METHODS = ("human", "sft", "dpo", "kto", "beta_dpo", "orpo", "sem_dpo")  #
 class ReportConfig(Section):
     """The evaluation report: the paper's tables and figures from the evaluate stage's rows."""
 
-    focus: str | None = Field(None, description="the method compared head to head; default sem_dpo (first alpha of a sweep)")
+    focus: str | None = Field(None, description="the method compared head to head; "
+                                                "default sem_dpo (first alpha of a sweep)")
     semantic_metric: str = Field("alignment", description="x axis of the scatter plots (paper Fig. 3, 5)")
     preference_metrics: list[str] = Field(["aesthetic", "pick"], description="y axes of the scatter plots")
     average_over: list[str] | None = Field(
@@ -329,8 +339,10 @@ class RunnerConfig(Section):
     per shard or run, `gpus_per_shard` GPUs each, on a local Ray instance or the cluster at `address`."""
 
     kind: Literal["local", "ray"] = "local"
-    address: str | None = Field(None, description="Ray cluster address (e.g. ray://head:10001, auto); None starts Ray here")
-    gpus_per_shard: float = Field(1.0, ge=0, description="GPUs per Ray task (a shard, or a training run) when CUDA is present")
+    address: str | None = Field(None, description="Ray cluster address (e.g. ray://head:10001, auto); "
+                                                  "None starts Ray here")
+    gpus_per_shard: float = Field(1.0, ge=0, description="GPUs per Ray task (a shard, or a training run) "
+                                                         "when CUDA is present")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray instance started here (None: all)")
 
 
@@ -363,8 +375,10 @@ class PipelineConfig(Section):
             raise ValueError("train.alpha must be >= 0 (or a non-empty list of such values)")
         reserved = sorted({"train", "validation"} & set(self.data.test_sets()))
         if reserved:
-            raise ValueError(f"data.test_prompts: {reserved} name the training and validation splits; give the test set another name")
-        untrained = [m for m in self.evaluate.methods or [] if m not in ("human", "sft") and m not in self.train.methods]
+            raise ValueError(f"data.test_prompts: {reserved} name the training and validation splits; "
+                             "give the test set another name")
+        untrained = [m for m in self.evaluate.methods or []
+                     if m not in ("human", "sft") and m not in self.train.methods]
         if untrained:
             raise ValueError(f"evaluate.methods {untrained} are not in train.methods {self.train.methods}")
         return self
@@ -382,7 +396,8 @@ class PipelineConfig(Section):
         """{base model: this config with sft.base_model set to it}, for sft.base_model and each of
         sft.backbones; each runs exactly as a config naming that base model alone would."""
         models = list(dict.fromkeys([self.sft.base_model, *self.sft.backbones]))
-        return {model: self.model_copy(update={"sft": self.sft.model_copy(update={"base_model": model, "backbones": []})})
+        return {model: self.model_copy(
+                    update={"sft": self.sft.model_copy(update={"base_model": model, "backbones": []})})
                 for model in models}
 
     def store_root(self) -> str:
@@ -417,7 +432,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file {path}{where} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+            raise ConfigError(f"config file {path}{where} is not valid YAML "
+                              f"({getattr(e, 'problem', None) or e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
     for override in overrides or []:
@@ -439,7 +455,8 @@ def import_plugins(modules: Any, source: str) -> None:
         try:
             importlib.import_module(module)
         except Exception as e:
-            raise ConfigError(f"invalid config ({source}): plugins: cannot import {module!r} ({type(e).__name__}: {e}); "
+            raise ConfigError(f"invalid config ({source}): plugins: cannot import {module!r} "
+                              f"({type(e).__name__}: {e}); "
                               "it must be importable where the flow and its workers run") from None
 
 

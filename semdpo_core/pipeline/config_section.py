@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]  # training arithmetic (semdpo_core.preference.optim.mixed_precision)
+# training arithmetic (semdpo_core.preference.optim.mixed_precision)
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISION_HELP = "auto: bf16/fp16 on CUDA, fp32 on CPU; bf16/fp16 by name on any device"
 
 

@@ -70,7 +70,8 @@ FIDELITY = pa.schema(
     ]
 )
 
-DISTANCES = pa.schema(list(PAIRS) + [("semantic_distance", pa.float64())])  # the weigh stage: 1 - cos(e(prompt), e(chosen)); alpha-free
+# the weigh stage: 1 - cos(e(prompt), e(chosen)); alpha-free
+DISTANCES = pa.schema(list(PAIRS) + [("semantic_distance", pa.float64())])
 
 REFERENCE = pa.schema(
     [
@@ -115,7 +116,8 @@ EVALUATION = pa.schema(
         ("prompt_drift", pa.float64()),  # ||e(x) - e(y)||: prompt-level drift
         ("image_drift", pa.float64()),  # ||e(x) - E(I(y))||: end-to-end text-to-image drift
         ("t2i_error", pa.float64()),  # ||e(y) - E(I(y))||: the generator's consistency error
-        ("semantic_distance", pa.float64()),  # 1 - cos(e(x), e(y)) with the weigh stage's text encoder: drift in meaning
+        # 1 - cos(e(x), e(y)) with the weigh stage's text encoder: drift in meaning
+        ("semantic_distance", pa.float64()),
     ]
 )
 

@@ -63,7 +63,8 @@ class Settings(Mapping[str, Any]):
         if name not in self._values:
             raise SettingNotHashed(
                 f"stage {self._stage!r} read setting {self._path}{name!r}, which its fingerprint does not hash; "
-                f"declare it in the stage's settings in semdpo_core/pipeline/stage_table.py (it has {sorted(self._values)})"
+                f"declare it in the stage's settings in semdpo_core/pipeline/stage_table.py "
+                f"(it has {sorted(self._values)})"
             )
         value = self._values[name]
         if isinstance(value, Mapping):

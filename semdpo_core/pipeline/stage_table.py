@@ -72,7 +72,8 @@ class Stage:
     """One stage of the pipeline."""
 
     name: str
-    inputs: tuple[str, ...]  # upstream stages read, by role = stage name (the stages with `outputs`: what they may read)
+    # upstream stages read, by role = stage name (the stages with `outputs`: what they may read)
+    inputs: tuple[str, ...]
     settings: Callable[..., dict[str, Any]]  # what the fingerprint hashes, and all the computation reads
     schema: pa.Schema
     pool: Literal["cpu", "gpu"]
@@ -97,7 +98,8 @@ def runtime(config: PipelineConfig) -> Runtime:
     t = config.train
     return Runtime(device=config.device, store=config.store_root(), compile_unet=config.render.compile,
                    checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
-                   report_to=tuple(t.report_to), logging_dir=t.logging_dir or str(cache_home() / "semdpo" / "tensorboard"))
+                   report_to=tuple(t.report_to),
+                   logging_dir=t.logging_dir or str(cache_home() / "semdpo" / "tensorboard"))
 
 
 def runs(config: PipelineConfig) -> list[TrainRun]:
@@ -110,7 +112,8 @@ def evaluated_labels(config: PipelineConfig) -> list[str]:
     rewriters = list(config.evaluate.rewriters)
     clash = [name for name in rewriters if name in ("human", "sft", *config.train.methods)]
     if clash:
-        raise ConfigError(f"evaluate.rewriters: {', '.join(clash)} is already a method's name; name the rewriter otherwise")
+        raise ConfigError(f"evaluate.rewriters: {', '.join(clash)} is already a method's name; "
+                          "name the rewriter otherwise")
     wanted = config.evaluate.methods or ["human", "sft", *config.train.methods, *rewriters]
     return ([m for m in ("human", "sft") if m in wanted] + [run.label for run in runs(config) if run.method in wanted]
             + [name for name in rewriters if name in wanted])
@@ -239,7 +242,8 @@ def evaluate_settings(config: PipelineConfig) -> dict[str, Any]:
 
 def sweep_labels(config: PipelineConfig) -> list[str]:
     """The runs alpha is chosen among (train.alpha: auto), in grid order."""
-    return [run.label for run in runs(config) if get_method(run.method).sweeps_alpha] if config.train.chooses_alpha() else []
+    return ([run.label for run in runs(config) if get_method(run.method).sweeps_alpha]
+            if config.train.chooses_alpha() else [])
 
 
 def validate_settings(config: PipelineConfig) -> dict[str, Any]:

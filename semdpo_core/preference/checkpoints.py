@@ -19,7 +19,8 @@ STATE = "trainer_state.pt"
 
 
 def to_files(
-    model: Any, optimizer: torch.optim.Optimizer, step: int, history: list[dict[str, float]], extra: dict[str, Any] | None = None
+    model: Any, optimizer: torch.optim.Optimizer, step: int, history: list[dict[str, float]],
+    extra: dict[str, Any] | None = None
 ) -> dict[str, bytes]:
     """Everything needed to continue training exactly where it stopped (`extra`: scheduler, method state)."""
     with tempfile.TemporaryDirectory() as tmp:

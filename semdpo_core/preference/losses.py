@@ -182,7 +182,8 @@ class BetaDPO:
         reference_rejected_logps: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(per-pair loss over all pairs, 0 where filtered out; kept-pair mask; this batch's beta)."""
-        margins = dpo_logits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+        margins = dpo_logits(policy_chosen_logps, policy_rejected_logps,
+                             reference_chosen_logps, reference_rejected_logps)
         self.update(margins.detach())
         kept = self.select(margins.detach()).to(margins.device)
         beta = max(self.min_beta, self.beta * (1 + self.alpha * (margins.detach()[kept].mean().item() - self.m0)))

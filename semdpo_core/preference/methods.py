@@ -80,7 +80,8 @@ class Method:
     sweeps_alpha: bool = False  # one run per `train.alpha` when it is a list
     pair_weights: Callable[[torch.Tensor, Any], torch.Tensor] | None = None  # W(d), computed once before training
     weight_hint: str = ""  # what to change when `pair_weights` keep (almost) nothing
-    initial_state: Callable[[Any, int], Any] | None = None  # a stateful loss's state, from (settings, seed); checkpointed
+    # a stateful loss's state, from (settings, seed); checkpointed
+    initial_state: Callable[[Any, int], Any] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -234,7 +235,8 @@ def hard_filter(batch: PairBatch, settings: Any, state: None) -> LossOutput:
 
 
 def additive(batch: PairBatch, settings: Any, state: None) -> LossOutput:
-    return LossOutput(additive_loss(*_logps(batch), settings.beta, batch.fidelity_margin, settings.additive.coefficient))
+    return LossOutput(additive_loss(*_logps(batch), settings.beta, batch.fidelity_margin,
+                                    settings.additive.coefficient))
 
 
 register(Method("dpo", dpo, "-log sigmoid(beta * margin)"))
@@ -250,7 +252,8 @@ register(Method("beta_dpo", beta_dpo, "DPO with a per-batch beta and margin-guid
                 initial_state=beta_dpo_state))
 register(Method(
     "hard_filter", hard_filter, "1{d <= tau} * DPO (Proposition 1)", uses_distance=True, section=HardFilterConfig,
-    pair_weights=lambda d, settings: semantic_filter(d, settings.hard_filter.tau), weight_hint="raise train.hard_filter.tau",
+    pair_weights=lambda d, settings: semantic_filter(d, settings.hard_filter.tau),
+    weight_hint="raise train.hard_filter.tau",
 ))
 register(Method("additive", additive, "DPO whose margin must also cover the text-fidelity gap (App. D)",
                 uses_fidelity=True, section=AdditiveConfig))

@@ -7,7 +7,8 @@ import contextlib
 import torch
 
 
-def warmup_then_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_then_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int,
+                             total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Learning rate rises linearly over the warmup, then falls linearly to zero."""
 
     def factor(step: int) -> float:
@@ -18,7 +19,8 @@ def warmup_then_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def mixed_precision(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler | None]:
+def mixed_precision(device: torch.device,
+                    precision: str) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler | None]:
     """auto: bf16 autocast on CUDA where supported (fp16 with loss scaling otherwise), fp32 on
     CPU; bf16 or fp16 asked for by name run on either device."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):

@@ -12,7 +12,7 @@ random-weight build (`tiny:NAME`) for `configs/tiny.yaml`:
 | hpsv2        | HPS_v2.1_compressed.pt on ViT-H-14      | cosine of normalised open_clip features|
 | open_clip    | any open_clip architecture and weights  | cosine of normalised features          |
 | blip_itm     | BlipForImageTextRetrieval (ITM head)    | P(image matches text)                  |
-| world        | world:alignment, world:aesthetic, world:pick | the synthetic world's pixel rules (semdpo_core.world.pixel_scorers) |
+| world        | world:alignment, world:aesthetic, world:pick | the world's pixel rules (world/pixel_scorers) |
 """
 
 from __future__ import annotations

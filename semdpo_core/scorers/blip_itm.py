@@ -44,7 +44,8 @@ class BlipItmScorer:
     @torch.no_grad()
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         pixels = torch.stack([self.transform(image) for image in images]).to(self.device, self.model.dtype)
-        text = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_PROMPT_TOKENS, return_tensors="pt")
+        text = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_PROMPT_TOKENS,
+                              return_tensors="pt")
         image_embeds = self.model.vision_model(pixel_values=pixels).last_hidden_state
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
         hidden = self.model.text_encoder(

@@ -44,7 +44,8 @@ class ClipScorer:
             out = self.model.get_text_features(
                 input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
             )
-        features = out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 5 returns an output object
+        # transformers 5 returns an output object
+        features = out if isinstance(out, torch.Tensor) else out.pooler_output
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
     @torch.no_grad()

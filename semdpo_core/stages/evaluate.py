@@ -43,7 +43,8 @@ def fill_empty(prompts: list[str], rewrites: list[str], method: str) -> list[str
     """An empty rewrite falls back to the original prompt (counted in the log)."""
     empty = sum(1 for r in rewrites if not r)
     if empty:
-        log.warning("%s: %d of %d rewrites were empty; the original prompt is used for them", method, empty, len(rewrites))
+        log.warning("%s: %d of %d rewrites were empty; the original prompt is used for them",
+                    method, empty, len(rewrites))
     return [r or p for p, r in zip(prompts, rewrites, strict=True)]
 
 
@@ -52,7 +53,8 @@ def token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def drift(encoder: Any, prompts: list[str], rewrites: list[str], images: list[bytes], batch_size: int) -> dict[str, list[float]]:
+def drift(encoder: Any, prompts: list[str], rewrites: list[str], images: list[bytes],
+          batch_size: int) -> dict[str, list[float]]:
     """Proposition 2's three distances per image, in the encoder's shared text-image space:
     prompt_drift ||e(x) - e(y)||, image_drift ||e(x) - E(I(y))||, t2i_error ||e(y) - E(I(y))||."""
     out: dict[str, list[float]] = {"prompt_drift": [], "image_drift": [], "t2i_error": []}
@@ -81,7 +83,8 @@ def evaluation_rows(
     """An EVALUATION table for one method: each image scored by every scorer against the original
     prompt, and its drift measured; `test` holds the test prompts' dataset, prompt_id and prompt."""
     prompts = test["prompt"]
-    scores = {name: score_images(s, images, prompts, batch_size, desc=f"{method}:{name}") for name, s in scorers.items()}
+    scores = {name: score_images(s, images, prompts, batch_size, desc=f"{method}:{name}")
+              for name, s in scorers.items()}
     none = [None] * len(prompts)
     drifts = drift(scorers[drift_encoder], prompts, rewrites, images, batch_size) if drift_encoder else {}
     return pa.Table.from_pydict(
@@ -123,7 +126,8 @@ def metric_rows(metrics: pa.Table) -> list[dict[str, str]]:
     """METRICS as a row per method, `mean ± std` per metric ("-" where a method lacks one)."""
     names = ordered(metrics.column("metric").to_pylist())
     cell = {(r["method"], r["metric"]): f"{r['mean']:.4f} ± {r['std']:.4f}" for r in metrics.to_pylist()}
-    return [{"method": m, **{n: cell.get((m, n), "-") for n in names}} for m in ordered(metrics.column("method").to_pylist())]
+    return [{"method": m, **{n: cell.get((m, n), "-") for n in names}}
+            for m in ordered(metrics.column("method").to_pylist())]
 
 
 def format_metrics(metrics: pa.Table) -> str:
@@ -137,7 +141,8 @@ def format_metrics(metrics: pa.Table) -> str:
     return "\n".join(lines)
 
 
-def rewrite_prompts(model: Any, tokenizer: Any, prompts: list[str], *, batch_size: int, max_new_tokens: int) -> list[str]:
+def rewrite_prompts(model: Any, tokenizer: Any, prompts: list[str], *, batch_size: int,
+                    max_new_tokens: int) -> list[str]:
     """One greedy rewrite per prompt (deterministic, as the methods are compared)."""
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
@@ -197,9 +202,11 @@ def evaluate_method(
     model, tokenizer = rewriter
     rewrites = prompts
     if published is not None:  # a published rewriter, with its own template and decoding
-        rewrites = fill_empty(prompts, published_rewrites(model, tokenizer, prompts, published, settings.batch_size), method)
+        rewrites = fill_empty(prompts, published_rewrites(model, tokenizer, prompts, published, settings.batch_size),
+                              method)
     elif method != "human":
-        out = rewrite_prompts(model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
+        out = rewrite_prompts(model, tokenizer, prompts, batch_size=settings.batch_size,
+                              max_new_tokens=settings.max_new_tokens)
         rewrites = fill_empty(prompts, out, method)
     seeds = eval_seeds(seed, test["prompt_id"])
     images = render_images(
@@ -219,7 +226,8 @@ def evaluate_split(ctx: StageContext, shard: int, split: str) -> pa.Table:
     the human prompts' tokens)."""
     s = ctx.settings
     table = ctx.store.read_table(ctx.inputs["prompts"], PROMPTS)
-    prompts = table.filter(pc.equal(table.column("split"), split)).select(["dataset", "prompt_id", "prompt"]).to_pydict()
+    prompts = (table.filter(pc.equal(table.column("split"), split))
+               .select(["dataset", "prompt_id", "prompt"]).to_pydict())
     method, device = s.methods[shard], ctx.device
     rewriters = s.evaluate.get("rewriters", {})  # not hashed (nor read) when there is none
     published = RewriterConfig.model_validate(rewriters[method].to_dict()) if method in rewriters else None

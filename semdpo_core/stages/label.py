@@ -17,7 +17,8 @@ from semdpo_core.scorers import load_scorer
 from semdpo_core.scorers.base import Scorer, decode_png
 
 
-def score_images(scorer: Scorer, images: list[bytes], prompts: list[str], batch_size: int, desc: str = "score") -> list[float]:
+def score_images(scorer: Scorer, images: list[bytes], prompts: list[str], batch_size: int,
+                 desc: str = "score") -> list[float]:
     """The scorer's score of each PNG image against its prompt (batches sized to the GPU's free memory)."""
     return map_in_batches(
         lambda batch: scorer.score([decode_png(b) for b in images[batch]], prompts[batch]), len(images), batch_size,
@@ -38,7 +39,8 @@ def score_shard(ctx: StageContext, shard: int, scorer: Mapping[str, Any], batch_
     ids = imgs.column("candidate_id").to_pylist()
     scores = score_images(scorer_of(scorer, ctx.device), imgs.column("image").to_pylist(), [prompt_of[i] for i in ids],
                           batch_size, desc=f"{column} shard {shard}")
-    return pa.table({"candidate_id": ids, "prompt_id": imgs.column("prompt_id"), column: pa.array(scores, pa.float64())})
+    return pa.table({"candidate_id": ids, "prompt_id": imgs.column("prompt_id"),
+                     column: pa.array(scores, pa.float64())})
 
 
 def label_shard(ctx: StageContext, shard: int) -> pa.Table:

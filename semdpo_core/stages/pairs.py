@@ -63,7 +63,8 @@ def own_pairs_table(source: str) -> pa.Table:
         prompt, chosen, rejected = (" ".join(record.fields[c].split()) for c in ("prompt", "chosen", "rejected"))
         empty = [c for c, v in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)) if not v]
         if empty:
-            raise PromptFileError(f"{record.source}: empty {empty[0]!r}; every pair needs a prompt, chosen and rejected")
+            raise PromptFileError(f"{record.source}: empty {empty[0]!r}; "
+                                  "every pair needs a prompt, chosen and rejected")
         if chosen == rejected:
             same += 1
             continue

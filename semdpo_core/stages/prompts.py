@@ -114,7 +114,8 @@ def prompt_table(
     train = train[:max_train] if max_train else train
     empty = [f"{name} ({test_sources[name]})" for name, records in tests.items() if not records]
     if validation and len(held_out) < validation:
-        empty.append(f"validation (train.validation_prompts {validation}, {len(held_out)} training prompts to hold out)")
+        empty.append(f"validation (train.validation_prompts {validation}, "
+                     f"{len(held_out)} training prompts to hold out)")
     if not train or empty:
         raise PromptFileError(
             f"no usable prompts: {len(train)} for training ({train_source})"
@@ -192,5 +193,6 @@ def prompts_stage(ctx: StageContext) -> Output:
     table = prompt_table(d.train_prompts, test_sets, d.prompt_column, d.max_train_prompts, d.max_test_prompts, too_long,
                          validation)
     datasets = table.column("dataset").to_pylist()
-    return Output(table, meta={"train_prompts": datasets.count("train"), "validation_prompts": datasets.count("validation"),
+    return Output(table, meta={"train_prompts": datasets.count("train"),
+                               "validation_prompts": datasets.count("validation"),
                                "test_prompts": {name: datasets.count(name) for name in test_sets}})

@@ -44,7 +44,8 @@ def reference_logps(
 ) -> ReferenceLogps:
     """log ref(y_w|x), log ref(y_l|x), KTO's log ref(y'|x), and token counts, `batch_size` pairs at a time."""
     model.eval()
-    columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("chosen", "rejected", "kl", "chosen_tokens", "rejected_tokens")}
+    columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("chosen", "rejected", "kl",
+                                                              "chosen_tokens", "rejected_tokens")}
     for start in tqdm(range(0, len(prompts), batch_size), desc="reference log-probs", unit="batch"):
         sl = slice(start, start + batch_size)
         out = concatenated_logps(

@@ -126,7 +126,8 @@ def check_rewrites(
         max_new_tokens, 100 * STOP_TARGET,
     )
     if (result["keeps_content"] < CONTENT_TARGET or result["ends_with_eos"] < STOP_TARGET):
-        log.warning("the SFT rewriter misses a target: more sft.epochs (or pairs) would help; later stages run on it as it is")
+        log.warning("the SFT rewriter misses a target: more sft.epochs (or pairs) would help; "
+                    "later stages run on it as it is")
     return result
 
 
@@ -144,7 +145,8 @@ def sft_stage(ctx: StageContext) -> Output:
     )
     world = s.pairs.path.startswith(WORLD_PREFIX)  # the world knows its content words exactly
     seen = {r.fields["original"] for r in train}
-    unseen = list(dict.fromkeys(r.fields["original"] for r in records[len(train) :] if r.fields["original"] not in seen))
+    unseen = list(dict.fromkeys(r.fields["original"] for r in records[len(train) :]
+                                if r.fields["original"] not in seen))
     check = check_rewrites(
         model, tokenizer, unseen, content_words=world_content_words if world else plain_content_words,
         max_new_tokens=c.check_max_new_tokens, batch_size=c.batch_size,

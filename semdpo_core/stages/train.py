@@ -188,13 +188,15 @@ def train_preference(
     return history
 
 
-def run_files(policy: Any, optimizer: Any, scheduler: Any, state: Any, step: int, history: list[dict[str, float]]) -> dict[str, bytes]:
+def run_files(policy: Any, optimizer: Any, scheduler: Any, state: Any, step: int,
+              history: list[dict[str, float]]) -> dict[str, bytes]:
     """A run's checkpoint: weights, optimizer, RNG, and the schedule and method state beside them."""
     saved = {"scheduler": scheduler.state_dict(), "loss": state.state_dict() if state is not None else {}}
     return checkpoints.to_files(policy, optimizer, step, history, saved)
 
 
-def restore_run(files: dict[str, bytes], policy: Any, optimizer: Any, scheduler: Any, state: Any) -> tuple[int, list[dict[str, float]]]:
+def restore_run(files: dict[str, bytes], policy: Any, optimizer: Any, scheduler: Any,
+                state: Any) -> tuple[int, list[dict[str, float]]]:
     """`run_files` read back into the run; returns (step, history so far)."""
     step, history, saved = checkpoints.restore(files, policy, optimizer)
     scheduler.load_state_dict(saved["scheduler"])
@@ -222,11 +224,13 @@ def check_inputs(method: Method, data: PreferenceData, reference: ReferenceLogps
         raise ValueError(f"{method.name} needs each pair's fidelity margin (the fidelity stage)")
 
 
-def step_metrics(step: int, micro_batches: list[tuple[PairBatch, Any, float]], beta: float, lr: float) -> dict[str, float]:
+def step_metrics(step: int, micro_batches: list[tuple[PairBatch, Any, float]], beta: float,
+                 lr: float) -> dict[str, float]:
     """One optimizer step's log: its loss, DPO's reward margin and accuracy, the pairs' mean
     weight and their sum (effective batch), the beta used and the learning rate."""
     margin = torch.cat([log_ratio_margin(b).detach().double().cpu() for b, _, _ in micro_batches])
-    weight = torch.cat([(out.weights if out.weights is not None else torch.ones_like(b.chosen_logps)).detach().double().cpu()
+    weight = torch.cat([(out.weights if out.weights is not None
+                         else torch.ones_like(b.chosen_logps)).detach().double().cpu()
                         for b, out, _ in micro_batches])
     last = micro_batches[-1][1]
     return {
@@ -285,7 +289,8 @@ def preference_data(ctx: StageContext, method: Method) -> tuple[PreferenceData, 
     table = store.read_table(ctx.inputs["pairs"], DISTANCES if method.uses_distance else PAIRS)
     stored = store.read_table(ctx.inputs["reference"], REFERENCE) if method.uses_reference else None
     if stored is not None and stored.column("prompt_id").to_pylist() != table.column("prompt_id").to_pylist():
-        raise ValueError(f"reference log-probs {ctx.inputs['reference']} do not line up with pairs {ctx.inputs['pairs']}; "
+        raise ValueError(f"reference log-probs {ctx.inputs['reference']} do not line up with pairs "
+                         f"{ctx.inputs['pairs']}; "
                          "rerun the reference stage")
     fidelity = store.read_table(ctx.inputs["fidelity"], FIDELITY) if method.uses_fidelity else None
     data = PreferenceData(
@@ -319,7 +324,8 @@ def step_trackers(ctx: StageContext, label: str, resumed: int) -> Iterator[Calla
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ImportError("train.report_to names tensorboard, which is not installed: pip install tensorboard") from None
+        raise ImportError("train.report_to names tensorboard, which is not installed: "
+                          "pip install tensorboard") from None
     log_dir = Path(ctx.runtime.logging_dir) / f"{label}-{ctx.ref.fingerprint}"
     writer = SummaryWriter(str(log_dir), purge_step=resumed + 1)  # steps count from 1; from scratch: drop all
     log.info("%s: TensorBoard events in %s (tensorboard --logdir %s)", label, log_dir, ctx.runtime.logging_dir)
@@ -359,7 +365,8 @@ def train_stage(ctx: StageContext) -> Output:
     with step_trackers(ctx, label, latest[0] if latest else 0) as on_step:
         history = train_preference(
             policy, tokenizer, data, reference, method=method, settings=s, seed=s.seed, label=label,
-            checkpoint_every=ctx.runtime.checkpoint_every, save_checkpoint=save, resume_from=latest[1] if latest else None,
+            checkpoint_every=ctx.runtime.checkpoint_every, save_checkpoint=save,
+            resume_from=latest[1] if latest else None,
             on_step=on_step,
         )
     log_table = pa.Table.from_pylist([{"method": method.name, **h} for h in history], schema=TRAIN_LOG)

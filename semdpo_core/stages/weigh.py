@@ -88,12 +88,14 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(a, b, dim=-1)
 
 
-def semantic_distances(encoder: Any, prompts: list[str], chosen: list[str], batch_size: int, desc: str = "weigh") -> list[float]:
+def semantic_distances(encoder: Any, prompts: list[str], chosen: list[str], batch_size: int,
+                       desc: str = "weigh") -> list[float]:
     """Per pair: the semantic distance d(x, y_w) between the prompt and the chosen rewrite."""
     distances = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         stop = start + batch_size
-        d = cosine_distance(encoder.encode(prompts[start:stop], batch_size), encoder.encode(chosen[start:stop], batch_size))
+        d = cosine_distance(encoder.encode(prompts[start:stop], batch_size),
+                            encoder.encode(chosen[start:stop], batch_size))
         distances.append(d.clamp(min=0.0))
     return torch.cat(distances).double().tolist() if distances else []
 
@@ -103,5 +105,6 @@ def weigh_shard(ctx: StageContext, shard: int) -> pa.Table:
     s = ctx.settings
     table = pairs_shard(ctx.store, ctx.inputs["pairs"], shard, s.shard_size)
     encoder = loaded(SemanticEncoder, s.encoder, ctx.device)
-    distance = semantic_distances(encoder, table.column("prompt").to_pylist(), table.column("chosen").to_pylist(), s.batch_size)
+    distance = semantic_distances(encoder, table.column("prompt").to_pylist(), table.column("chosen").to_pylist(),
+                                  s.batch_size)
     return table.append_column("semantic_distance", pa.array(distance, pa.float64()))

@@ -132,7 +132,8 @@ class ArtifactStore:
     def shard_is_done(self, ref: DatasetRef, index: int) -> bool:
         """The shard's part is committed and its bytes still match its record."""
         record = self.shard_record(ref, index)
-        return record is not None and self.backend.matches(f"{ref.prefix}/{record['name']}", record["sha256"], record["md5"])
+        return record is not None and self.backend.matches(f"{ref.prefix}/{record['name']}", record["sha256"],
+                                                           record["md5"])
 
     def invalid_entries(self, ref: DatasetRef) -> list[str]:
         """Parts and files of a committed dataset whose bytes no longer match the manifest (the
@@ -140,7 +141,8 @@ class ArtifactStore:
         if self.manifest_is_damaged(ref):
             return [MANIFEST]
         manifest = self.manifest(ref)
-        bad = [p["name"] for p in manifest["parts"] if not self.backend.matches(f"{ref.prefix}/{p['name']}", p["sha256"], p["md5"])]
+        bad = [p["name"] for p in manifest["parts"]
+               if not self.backend.matches(f"{ref.prefix}/{p['name']}", p["sha256"], p["md5"])]
         bad += [f"files/{f['name']}" for f in manifest["files"]
                 if not self.backend.matches(f"{ref.prefix}/files/{f['name']}", f["sha256"], f["md5"])]
         return bad
@@ -200,7 +202,8 @@ class ArtifactStore:
         data = self.backend.read_bytes(key)
         if digests(data)["sha256"] != part["sha256"]:
             raise CorruptArtifact(
-                f"{self.backend.describe(key)}: checksum does not match the manifest; rerun the pipeline to recompute it"
+                f"{self.backend.describe(key)}: checksum does not match the manifest; "
+                "rerun the pipeline to recompute it"
             )
         try:
             parquet = pq.ParquetFile(io.BytesIO(data))

@@ -197,7 +197,8 @@ class S3Backend:
         self.answered = False  # until a call succeeds, faults get FIRST_CONTACT_SECONDS at most
         raw_attempts = os.environ.get("AWS_MAX_ATTEMPTS") or str(DEFAULT_CALL_ATTEMPTS)
         if not raw_attempts.strip().isdigit() or int(raw_attempts) < 1:
-            raise StoreError(f"AWS_MAX_ATTEMPTS={raw_attempts!r} is not a count of tries; set it to e.g. 2, or unset it")
+            raise StoreError(f"AWS_MAX_ATTEMPTS={raw_attempts!r} is not a count of tries; "
+                             "set it to e.g. 2, or unset it")
         self.attempts = int(raw_attempts)
         # total_max_attempts counts the first try, as AWS_MAX_ATTEMPTS does (botocore's max_attempts does not)
         retries = {"mode": "standard", "total_max_attempts": self.attempts}
@@ -227,7 +228,8 @@ class S3Backend:
                 fault = self._transient_fault(e)
                 if fault is None:
                     raise self._refusal(action, key, e) from None
-                outage = outage or Outage(self.retry_seconds if self.answered else min(self.retry_seconds, FIRST_CONTACT_SECONDS))
+                outage = outage or Outage(self.retry_seconds if self.answered
+                                          else min(self.retry_seconds, FIRST_CONTACT_SECONDS))
                 if outage.left() <= 0:
                     raise self._unavailable(action, key, fault, outage) from None
                 if outage.due_warning():
@@ -335,7 +337,7 @@ class S3Backend:
         strip = len(self.prefix) + 1 if self.prefix else 0
         while True:
             kwargs = {"Bucket": self.bucket, "Prefix": full, **({"ContinuationToken": token} if token else {})}
-            page = self._call("list", prefix, lambda: self.client.list_objects_v2(**kwargs))
+            page = self._call("list", prefix, lambda kwargs=kwargs: self.client.list_objects_v2(**kwargs))
             sizes.update({obj["Key"][strip:]: obj["Size"] for obj in page.get("Contents", [])})
             if not page.get("IsTruncated"):
                 return sizes

@@ -42,11 +42,13 @@ def find_garbage(store: ArtifactStore, configs: list[PipelineConfig]) -> list[Ga
         parts = key.split("/")
         if len(parts) >= 3 and parts[0] not in KEEP:
             outputs[DatasetRef(parts[0], parts[1])][key] = size
-    garbage = [_garbage(ref.prefix, "no config references it", keys) for ref, keys in outputs.items() if ref not in keep]
+    garbage = [_garbage(ref.prefix, "no config references it", keys)
+               for ref, keys in outputs.items() if ref not in keep]
     for ref in sorted(keep & outputs.keys(), key=str):
         checkpoints = {k: v for k, v in outputs[ref].items() if k.startswith(f"{ref.prefix}/_checkpoints/")}
         if checkpoints and store.is_committed(ref) and not store.invalid_entries(ref):  # intact: no retrain follows
-            garbage.append(_garbage(f"{ref.prefix}/_checkpoints", "checkpoints of a finished training run", checkpoints))
+            garbage.append(_garbage(f"{ref.prefix}/_checkpoints", "checkpoints of a finished training run",
+                                    checkpoints))
     temporaries = store.temporaries("")
     if temporaries:
         garbage.append(_garbage("(temporary files)", "left by a killed writer", temporaries))

@@ -384,7 +384,8 @@ def test_sets(n_per_set: int, seed: int) -> dict[str, list[str]]:
     out = {}
     for k, name in enumerate(TEST_SETS):
         rng = np.random.default_rng([seed, 2, k])
-        out[name] = _distinct(n_per_set, lambda: describe(random_scene(rng, held_out=True, kind=name), rng))
+        out[name] = _distinct(n_per_set,
+                              lambda rng=rng, name=name: describe(random_scene(rng, held_out=True, kind=name), rng))
     return out
 
 

@@ -144,7 +144,8 @@ def shape_descriptor(mask: np.ndarray) -> np.ndarray:
 
 
 def grow(mask: np.ndarray, step: int) -> np.ndarray:
-    """The mask dilated (step = 1, in a box one pixel wider on each side) or eroded (step = -1) by one pixel, 4-neighbour."""
+    """The mask dilated (step = 1, in a box one pixel wider on each side) or eroded (step = -1)
+    by one pixel, 4-neighbour."""
     p = np.pad(mask, 1)
     up, down, left, right = (np.zeros_like(p) for _ in range(4))
     up[:-1], down[1:], left[:, :-1], right[:, 1:] = p[1:], p[:-1], p[:, 1:], p[:, :-1]

@@ -204,7 +204,8 @@ def paint_background(setting: str | None, h: int, w: int, rng: np.random.Generat
 
 def _desert(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """Pale sky over sand with soft dune ripples."""
-    img = _sky_and_ground(h, w, 0.45, ((0.70, 0.80, 0.92), (0.88, 0.88, 0.86)), ((0.90, 0.80, 0.58), (0.84, 0.72, 0.50)))
+    img = _sky_and_ground(h, w, 0.45, ((0.70, 0.80, 0.92), (0.88, 0.88, 0.86)),
+                          ((0.90, 0.80, 0.58), (0.84, 0.72, 0.50)))
     cut = int(round(0.45 * h))
     y = np.arange(h - cut, dtype=np.float32)[:, None]
     x = np.arange(w, dtype=np.float32)[None, :]
@@ -223,7 +224,8 @@ def _snowy_field(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 def _forest(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """Dark green canopy over a green floor, with leaf blotches and tree trunks."""
-    img = _sky_and_ground(h, w, 0.55, ((0.08, 0.26, 0.10), (0.12, 0.34, 0.12)), ((0.18, 0.40, 0.12), (0.14, 0.34, 0.10)))
+    img = _sky_and_ground(h, w, 0.55, ((0.08, 0.26, 0.10), (0.12, 0.34, 0.12)),
+                          ((0.18, 0.40, 0.12), (0.14, 0.34, 0.10)))
     coarse = rng.random((max(1, h // 8), max(1, w // 8), 1), dtype=np.float32)
     blotch = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)[:h, :w]
     blotch = np.pad(blotch, ((0, h - blotch.shape[0]), (0, w - blotch.shape[1]), (0, 0)), mode="edge")
@@ -261,7 +263,8 @@ def _city(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 def _night_sky(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """Near-black blue sky with stars over a dark ground."""
-    img = _sky_and_ground(h, w, 0.85, ((0.02, 0.03, 0.10), (0.05, 0.07, 0.20)), ((0.03, 0.04, 0.07), (0.02, 0.03, 0.05)))
+    img = _sky_and_ground(h, w, 0.85, ((0.02, 0.03, 0.10), (0.05, 0.07, 0.20)),
+                          ((0.03, 0.04, 0.07), (0.02, 0.03, 0.05)))
     _sprinkle(img, rng, slice(0, int(0.85 * h)), 0.015, [(0.95, 0.95, 0.90)])
     return img
 

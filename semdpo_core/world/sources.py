@@ -28,5 +28,6 @@ def world_source(name: str) -> tuple[bytes, str]:
     if name == "sft_pairs":
         lines = [json.dumps({"original": o, "rewrite": r}) for o, r in sft_pairs(SFT_PAIRS, DATA_SEED)]
         return ("\n".join(lines) + "\n").encode(), "jsonl"
-    prompts = train_prompts(TRAIN_PROMPTS, DATA_SEED) if name == "train_prompts" else test_sets(TEST_PROMPTS, DATA_SEED)[name]
+    prompts = (train_prompts(TRAIN_PROMPTS, DATA_SEED) if name == "train_prompts"
+               else test_sets(TEST_PROMPTS, DATA_SEED)[name])
     return ("\n".join(prompts) + "\n").encode(), "text"

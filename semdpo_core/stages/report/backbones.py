@@ -86,7 +86,8 @@ def overview(scores: dict[str, BackboneScores]) -> list[dict[str, Any]]:
             if r["metric"] == AVG:
                 by.setdefault((r["method"], backbone), []).append(r["mean"])
     methods = ordered([method for method, _ in by])
-    return [{"method": m, **{b: statistics.fmean(by[(m, b)]) if (m, b) in by else None for b in scores}} for m in methods]
+    return [{"method": m, **{b: statistics.fmean(by[(m, b)]) if (m, b) in by else None for b in scores}}
+            for m in methods]
 
 
 def backbone_markdown(scores: dict[str, BackboneScores]) -> str:
@@ -95,9 +96,11 @@ def backbone_markdown(scores: dict[str, BackboneScores]) -> str:
     out = ["# Sem-DPO: the backbones side by side (paper Tables 5-7)", "",
            "Every score is of the image against the ORIGINAL prompt. avg_score is normalised within each dataset "
            "and backbone; the overview averages it over the datasets.", "",
-           "## avg_score per backbone", "", "| method | " + " | ".join(backbones) + " |", "|---|" + "---|" * len(backbones)]
+           "## avg_score per backbone", "", "| method | " + " | ".join(backbones) + " |",
+           "|---|" + "---|" * len(backbones)]
     for row in overview(scores):
-        out.append(f"| {row['method']} | " + " | ".join("-" if row[b] is None else f"{row[b]:.4f}" for b in backbones) + " |")
+        out.append(f"| {row['method']} | "
+                   + " | ".join("-" if row[b] is None else f"{row[b]:.4f}" for b in backbones) + " |")
     for backbone, one in scores.items():
         rows = one.table.to_pylist()
         out += ["", f"## {backbone}", ""]

@@ -65,7 +65,8 @@ def scores_markdown(rows: list[dict[str, Any]], datasets: list[str], methods: li
         for method in methods:
             values = [cell.get((dataset, method, m)) for m in metrics]
             shown = f"{method} *" if method in beside else method
-            out.append(f"| {dataset} | {shown} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
+            out.append(f"| {dataset} | {shown} | "
+                       + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
     return out
 
 
@@ -125,7 +126,8 @@ def alpha_selection_markdown(selection: AlphaSelection | None) -> list[str]:
         mark = " (chosen)" if r.method == selection.chosen else ""
         test = "-" if r.test is None else f"{r.test:.4f}"
         out.append(f"| {r.alpha:g}{mark} | {r.validation:.4f} | {test} |")
-    agree = "the same alpha" if selection.chosen == selection.best_on_test else f"alpha {selection.best_on_test_alpha:g}"
+    agree = ("the same alpha" if selection.chosen == selection.best_on_test
+             else f"alpha {selection.best_on_test_alpha:g}")
     out += ["", f"Chosen: alpha {selection.chosen_alpha:g}; best on the test prompts: {agree}."]
     return out
 

@@ -24,14 +24,16 @@ def scatter_png(scores: pa.Table, dataset: str, x: str, y: str, focus: str | Non
     for method in methods:
         ax.scatter(means[(method, x)], means[(method, y)], s=60 if method == focus else 30,
                    marker="*" if method == focus else "o", zorder=3)
-        ax.annotate(method, (means[(method, x)], means[(method, y)]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(method, (means[(method, x)], means[(method, y)]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
     return _png(fig, xlabel=x, ylabel=y, title=f"{dataset}: {x} vs {y}")
 
 
 def sweep_png(scores: pa.Table, dataset: str, x: str, y: str) -> bytes:
     """Sem-DPO's alpha sweep: `x` against `y`, a point per alpha, joined in alpha order (Figure 5)."""
     means = means_by(scores, dataset)
-    runs = sorted((sweep_alpha(m), m) for m in ordered(scores.column("method").to_pylist()) if sweep_alpha(m) is not None)
+    runs = sorted((sweep_alpha(m), m) for m in ordered(scores.column("method").to_pylist())
+                  if sweep_alpha(m) is not None)
     runs = [(a, m) for a, m in runs if (m, x) in means and (m, y) in means]
     fig, ax = _axes()
     ax.plot([means[(m, x)] for _, m in runs], [means[(m, y)] for _, m in runs], marker="o")

@@ -220,7 +220,8 @@ def normalised_averages(evaluation: pa.Table, average_over: list[str] | None) ->
     """Each method's normalised average (Tables 5-7, over the methods in `evaluation`), averaged
     over its datasets."""
     rows = [r for r in score_table(evaluation, average_over).to_pylist() if r["metric"] == AVG]
-    return {m: statistics.fmean(r["mean"] for r in rows if r["method"] == m) for m in ordered([r["method"] for r in rows])}
+    return {m: statistics.fmean(r["mean"] for r in rows if r["method"] == m)
+            for m in ordered([r["method"] for r in rows])}
 
 
 def alpha_selection(validation: pa.Table, evaluation: pa.Table, average_over: list[str] | None) -> AlphaSelection:
@@ -231,7 +232,8 @@ def alpha_selection(validation: pa.Table, evaluation: pa.Table, average_over: li
     on_validation = normalised_averages(validation, average_over)
     on_test = normalised_averages(evaluation.filter(pa.compute.is_in(evaluation.column("method"), pa.array(runs))),
                                   average_over)
-    by_alpha = [AlphaScore(method=m, alpha=sweep_alpha(m), validation=on_validation[m], test=on_test.get(m)) for m in runs]
+    by_alpha = [AlphaScore(method=m, alpha=sweep_alpha(m), validation=on_validation[m], test=on_test.get(m))
+                for m in runs]
     chosen = max(by_alpha, key=lambda r: r.validation)
     best = max(by_alpha, key=lambda r: -math.inf if r.test is None else r.test)
     return AlphaSelection(by_alpha=by_alpha, chosen=chosen.method, chosen_alpha=chosen.alpha,
