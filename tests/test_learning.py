@@ -5,7 +5,7 @@ seeds of the whole pipeline, on the held-out test prompts: DPO raises the labell
 SFT (the pipeline learns) and drifts from the prompt (lower alignment with it than SFT: the drift
 the paper describes). Swapping chosen and rejected must make DPO's preference go down: the
 learning test can fail. The paper's third claim, Sem-DPO drifting less than DPO, did not hold in
-this world (issue 12): it runs every time as an expected failure, reported, not enforced.
+this world (issue 12): it runs every time, on alignment, as an expected failure, reported, not enforced.
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ def run_world(directory: Path, name: str, seed: int, store: Path | None = None) 
     means: dict[str, dict[str, float]] = {}
     for method in ("sft", "dpo", "sem_dpo"):
         mine = [r for r in rows if r["method"] == method]
-        means[method] = {m: statistics.fmean(dict(r["scores"])[m] for r in mine) for m in (PREFERENCE, ALIGNMENT, "pick")}
+        means[method] = {m: statistics.fmean(dict(r["scores"])[m] for r in mine)
+                         for m in (PREFERENCE, ALIGNMENT, "pick")}
         means[method][DISTANCE] = statistics.fmean(r[DISTANCE] for r in mine)
     means["sft_check"] = store_.manifest(plan.ref("sft"))["meta"]
-    print(f"\nseed {seed} ({name}):", {m: {k: round(v, 4) for k, v in d.items() if isinstance(v, float)} for m, d in means.items()})
+    print(f"\nseed {seed} ({name}):",
+          {m: {k: round(v, 4) for k, v in d.items() if isinstance(v, float)} for m, d in means.items()})
     return means
 
 
@@ -81,12 +83,15 @@ def test_dpo_drifts_from_the_prompt(runs):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "issue 12 finding: on the world, Sem-DPO's (alpha 4) MiniLM drift was below DPO's in one seed of three "
-    "(2026-12-02; within noise in the other two, see README); kept as the paper's claim, run every time, "
-    "reported as XPASS the day it holds"))
+    "issue 12 finding, measured on alignment since issue 23: Sem-DPO's (alpha 4) alignment was below DPO's "
+    "in one seed of three, level in one and above in one (2026-12-02, see README); one seed's answer also "
+    "differs from machine to machine. Kept as the paper's claim, run every time, reported as XPASS the day "
+    "it holds; the drift study over many seeds is what settles it"))
 def test_sem_dpo_drifts_less_than_dpo(runs):
+    """Alignment with the original prompt, not the MiniLM distance: a distance grows with the number of
+    style words appended (about 0.10 for one, 0.23 for four) without any change of content."""
     for seed, r in runs[1].items():
-        assert r["sem_dpo"][DISTANCE] < r["dpo"][DISTANCE], (seed, r)
+        assert r["sem_dpo"][ALIGNMENT] > r["dpo"][ALIGNMENT], (seed, r)
 
 
 def test_swapped_pairs_make_dpo_unlearn(runs, monkeypatch):
