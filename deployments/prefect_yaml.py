@@ -51,6 +51,12 @@ deployments:
       - cron: "0 2 * * *"
         timezone: UTC
         active: false
+  - name: drift-study
+    description: The drift study (issue 23), a grid of pipeline runs over seeds, doses and arms, and its report.
+    entrypoint: flows/study.py:study
+    parameters:
+      spec_path: configs/drift_study.yaml
+    work_pool: *gpu
 """
 
 STAGE_DEPLOYMENT = """\

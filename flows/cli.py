@@ -288,6 +288,22 @@ def report(
 
 data_app = typer.Typer(help="Prompt data: build the files data.* names from the datasets users have.",
                        no_args_is_help=True)
+@app.command()
+@one_line_errors
+def study(
+    spec: Annotated[str, typer.Argument(help="study spec YAML: the grid of seeds, doses and arms")] = (
+        "configs/drift_study.yaml"),
+) -> None:
+    """Run a study's grid of pipeline runs and write its report; a rerun skips every finished run."""
+    from flows.study import study as study_flow
+    from semdpo_core.study.plan import plan_study
+    from semdpo_core.study.spec import load_spec
+
+    plan = plan_study(load_spec(spec))  # a bad spec or config fails here, before Prefect starts
+    typer.echo(f"study {plan.ref}: {len(plan.runs)} pipeline runs")
+    typer.echo(f"study report: {study_flow(spec_path=spec)}")
+
+
 app.add_typer(data_app, name="data")
 
 

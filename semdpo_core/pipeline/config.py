@@ -120,6 +120,15 @@ class SFTConfig(Section):
     check_max_new_tokens: int = Field(32, ge=1, description="the token limit a checked rewrite must stop before")
 
 
+class InjectConfig(Section):
+    """The drift study's dose (issue 23; world prompts): for a share of the training prompts, one more
+    candidate built from an SFT sample with its setting moved to another one (`replace`: its words
+    replaced; `append`: another setting appended). The labeller decides whether it is chosen."""
+
+    kind: Literal["replace", "append"] = "replace"
+    share: float = Field(ge=0, le=1)
+
+
 class CandidatesConfig(Section):
     """k rewrites per training prompt, sampled from the SFT rewriter."""
 
@@ -132,6 +141,7 @@ class CandidatesConfig(Section):
         "per_prompt", description="per_prompt: a prompt's candidates are drawn from the same noise, so that a label "
                                   "compares rewrites, not noise; per_candidate: a seed each"
     )
+    inject: InjectConfig | None = Field(None, description="the drift study's dose of content-changing candidates")
 
 
 class RenderConfig(Section):

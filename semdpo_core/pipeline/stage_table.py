@@ -169,7 +169,9 @@ def field_digest(field: str, source: str, config: PipelineConfig) -> str:
 
 
 def candidates_settings(config: PipelineConfig) -> dict[str, Any]:
-    return {"candidates": config.candidates.model_dump(), "seed": config.seed, **_sharded(config)}
+    # no dose: the section as it hashed before `inject` existed (stores keep their fingerprints)
+    section = config.candidates.model_dump(exclude=set() if config.candidates.inject else {"inject"})
+    return {"candidates": section, "seed": config.seed, **_sharded(config)}
 
 
 def render_settings(config: PipelineConfig) -> dict[str, Any]:

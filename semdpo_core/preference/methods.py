@@ -260,3 +260,24 @@ register(Method("additive", additive, "DPO whose margin must also cover the text
 
 # what `train.methods` trains unless told otherwise: the methods above (a plugin's must be named)
 DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)
+
+
+class ShuffledWeightsConfig(Section):
+    """The drift study's control: Sem-DPO's weights exp(-alpha d) at this alpha, shuffled across pairs."""
+
+    alpha: float = Field(4.0, ge=0)
+
+
+def shuffled_semantic_weights(d: torch.Tensor, settings: Any) -> torch.Tensor:
+    """Sem-DPO's weights of the pairs in another order (seeded by the run's seed): the same spread,
+    no relation to which pair drifts."""
+    weights = semantic_weight(d, settings.sem_dpo_shuffled.alpha)
+    return weights[torch.randperm(len(weights), generator=torch.Generator().manual_seed(settings.seed))]
+
+
+# a control for the drift study, not a method of the paper: trained only when `train.methods` names it
+register(Method(
+    "sem_dpo_shuffled", sem_dpo, "W shuffled across pairs * DPO (the drift study's control)", uses_distance=True,
+    section=ShuffledWeightsConfig, pair_weights=shuffled_semantic_weights,
+    weight_hint="lower train.sem_dpo_shuffled.alpha",
+))

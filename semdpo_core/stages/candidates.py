@@ -16,6 +16,7 @@ from semdpo_core.models.rewriter import generate
 from semdpo_core.pipeline.schemas import CANDIDATES, PROMPTS
 from semdpo_core.pipeline.seeds import derive_seed
 from semdpo_core.pipeline.stage_context import StageContext
+from semdpo_core.world.drift import INJECTED_SUFFIX, drifted, is_dosed
 
 log = logging.getLogger("semdpo.candidates")
 
@@ -68,6 +69,31 @@ def sample_candidates(
     return pa.Table.from_pydict(rows, schema=CANDIDATES)
 
 
+def inject_drift(table: pa.Table, kind: str, share: float, seed: int) -> pa.Table:
+    """The candidates with, for each prompt dosed at `share`, one more candidate whose setting is
+    moved (`semdpo_core.world.drift`), rendered from the prompt's seed; it follows the prompt's own."""
+    if share == 0:
+        return table
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for row in table.to_pylist():
+        by_prompt.setdefault(row["prompt_id"], []).append(row)
+    out, dosed, missed = [], 0, 0
+    for pid, rows in by_prompt.items():
+        out += rows
+        if not is_dosed(seed, pid, share):
+            continue
+        dosed += 1
+        made = drifted(pid, rows[0]["prompt"], [r["rewrite"] for r in rows], kind, seed)
+        if made is None:
+            missed += 1
+            continue
+        out.append(dict(candidate_id=pid + INJECTED_SUFFIX, prompt_id=pid, prompt=rows[0]["prompt"],
+                        rewrite=made.rewrite, seed=derive_seed(seed, f"render:{pid}")))
+    log.info("candidates.inject (%s, share %g): %d of %d prompts dosed, %d with a content-changing candidate "
+             "(%d: no setting, or no sample keeping it)", kind, share, dosed, len(by_prompt), dosed - missed, missed)
+    return pa.Table.from_pylist(out, schema=CANDIDATES)
+
+
 def train_prompts(ctx: StageContext) -> pa.Table:
     """The training prompts of the prompts stage's table, in order."""
     table = ctx.store.read_table(ctx.inputs["prompts"], PROMPTS)
@@ -80,9 +106,12 @@ def candidates_shard(ctx: StageContext, shard: int) -> pa.Table:
     rows = train_prompts(ctx).slice(shard * s.shard_size, s.shard_size)
     model, tokenizer = loaded(load_rewriter, ctx.checkpoint_dir("sft"), ctx.device, generation_dtype(ctx.device))
     c = s.candidates
-    return sample_candidates(
+    table = sample_candidates(
         model, tokenizer, rows.column("prompt_id").to_pylist(), rows.column("prompt").to_pylist(),
         num_candidates=c.num_candidates, temperature=c.temperature, top_p=c.top_p,
         max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, seed=s.seed, shard=shard,
         render_seed=c.render_seed,
     )
+    if "inject" not in c:  # no dose (the setting is hashed only when set)
+        return table
+    return inject_drift(table, c.inject.kind, c.inject.share, s.seed)

@@ -194,6 +194,13 @@ class ArtifactStore:
         """Part `index` of a committed dataset (the input of shard `index` downstream)."""
         return self._read_part(ref, self.manifest(ref)["parts"][index], schema)
 
+    def read_shard(self, ref: DatasetRef, index: int, schema: pa.Schema) -> pa.Table:
+        """Shard `index`'s part as its own record committed it, before the dataset's manifest exists."""
+        record = self.shard_record(ref, index)
+        if record is None:
+            raise DatasetMissing(f"shard {index} of {ref} was never committed; rerun to compute it")
+        return self._read_part(ref, record, schema)
+
     def num_parts(self, ref: DatasetRef) -> int:
         return len(self.manifest(ref)["parts"])
 

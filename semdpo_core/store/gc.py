@@ -15,7 +15,7 @@ from semdpo_core.pipeline.plan import plan_pipeline
 from semdpo_core.store.artifact_store import ArtifactStore, DatasetRef
 from semdpo_core.store.backends import LocalBackend
 
-KEEP = ("runs",)  # top-level folders that are never collected
+KEEP = ("runs", "study")  # top-level folders that are never collected (run records, studies' results)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,95 @@
+"""What one run of a study measured, read from the store: each arm's test prompts with their
+endpoints, and the dose the labeller let through (the share of chosen rewrites that lose a content
+word of their prompt).
+
+Endpoints per test prompt, every image scored against the ORIGINAL prompt: alignment (primary),
+the preference scores, whether the rewrite loses or replaces a content word of the prompt (the
+world knows its content words), and the MiniLM distance (a secondary figure: it grows with
+appended style words alone).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from semdpo_core.pipeline.plan import Plan
+from semdpo_core.pipeline.schemas import EVALUATION, PAIRS
+from semdpo_core.store.artifact_store import ArtifactStore
+from semdpo_core.study.spec import StudyRun
+from semdpo_core.world.drift import INJECTED_SUFFIX
+from semdpo_core.world.grammar import content_words
+
+STUDY_ROWS = pa.schema(
+    [
+        ("run_index", pa.int64()),  # the run's place in the grid (arms trained together share it)
+        ("seed", pa.int64()),
+        ("kind", pa.string()),  # the dose's kind: replace or append
+        ("share", pa.float64()),  # the dose: share of training prompts given a content-changing candidate
+        ("arm", pa.string()),
+        ("run", pa.string()),  # the evaluated run's label (the arm's method; a sweep's chosen alpha)
+        ("dataset", pa.string()),
+        ("prompt_id", pa.string()),
+        ("scores", pa.map_(pa.string(), pa.float64())),  # metric -> the image against the original prompt
+        ("loses_content", pa.bool_()),  # the rewrite drops or replaces a content word of the prompt
+        ("semantic_distance", pa.float64()),
+        ("chosen_loses_content", pa.float64()),  # the measured dose: share of chosen rewrites losing content
+        ("chosen_injected", pa.float64()),  # share of chosen rewrites that are the injected candidate
+        ("run_seconds", pa.float64()),  # the pipeline run's wall time (what every stage it did not reuse cost)
+    ]
+)
+
+
+def loses_content(prompt: str, rewrite: str) -> bool:
+    """Whether the rewrite no longer names every content word of the prompt (object, count,
+    colour, size, setting)."""
+    return not content_words(prompt) <= content_words(rewrite)
+
+
+def measured_dose(pairs: pa.Table) -> tuple[float, float]:
+    """(share of chosen rewrites that lose a content word of their prompt, share that were injected)."""
+    rows = pairs.select(["prompt", "chosen", "chosen_id"]).to_pylist()
+    if not rows:
+        return 0.0, 0.0
+    losing = sum(loses_content(r["prompt"], r["chosen"]) for r in rows)
+    injected = sum(r["chosen_id"].endswith(INJECTED_SUFFIX) for r in rows)
+    return losing / len(rows), injected / len(rows)
+
+
+def evaluated_label(method: str, labels: list[str], report: dict[str, Any] | None) -> str:
+    """The evaluation's label of an arm: its method's run, or the alpha a sweep chose on validation."""
+    if method in labels:
+        return method
+    selection = (report or {}).get("alpha_selection")
+    if selection and selection["chosen"].startswith(f"{method}@"):
+        return selection["chosen"]
+    raise KeyError(f"no evaluated run of {method!r} (evaluated: {', '.join(labels)})")
+
+
+def run_rows(store: ArtifactStore, plan: Plan, run: StudyRun, arms: dict[str, str], metrics: tuple[str, ...],
+             seconds: float) -> pa.Table:
+    """STUDY_ROWS of one finished pipeline run: a row per arm and test prompt. `arms` maps each arm
+    to its method."""
+    evaluation = store.read_table(plan.ref("evaluate"), EVALUATION).drop(["image"])
+    labels = list(dict.fromkeys(evaluation.column("method").to_pylist()))
+    report = json.loads(store.read_file(plan.ref("report"), "report.json")) if plan.has("report") else None
+    dose, injected = measured_dose(store.read_table(plan.ref("pairs"), PAIRS))
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for row in evaluation.to_pylist():
+        by_label.setdefault(row["method"], []).append(row)
+    out: list[dict[str, Any]] = []
+    for arm, method in arms.items():
+        label = evaluated_label(method, labels, report)
+        for row in by_label[label]:
+            scores = dict(row["scores"])
+            out.append(dict(
+                run_index=run.index, seed=run.seed, kind=run.dose.kind, share=run.dose.share, arm=arm, run=label,
+                dataset=row["dataset"],
+                prompt_id=row["prompt_id"], scores=[(m, scores[m]) for m in metrics],
+                loses_content=loses_content(row["prompt"], row["rewrite"]),
+                semantic_distance=row["semantic_distance"], chosen_loses_content=dose, chosen_injected=injected,
+                run_seconds=seconds,
+            ))
+    return pa.Table.from_pylist(out, schema=STUDY_ROWS)

@@ -1,0 +1,55 @@
+"""A study's plan: each run's config and pipeline plan, and the study's own dataset in the store,
+fingerprinted from the spec and every run's evaluation (a changed base config is a new study).
+
+The study dataset holds one part per run (STUDY_ROWS), committed as the run finishes, so a killed
+study loses only the run in progress; its report files are written when the last run is in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from semdpo_core.pipeline.config import PipelineConfig, load_config
+from semdpo_core.pipeline.plan import Plan, plan_pipeline
+from semdpo_core.store.artifact_store import DatasetRef, fingerprint
+from semdpo_core.study.spec import StudyRun, StudySpec
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the grid with its config and the pipeline plan of that config."""
+
+    run: StudyRun
+    config: PipelineConfig
+    plan: Plan
+
+    def arms(self, spec: StudySpec) -> dict[str, str]:
+        """{arm: method} of the arms this run trains."""
+        return {arm: spec.arms[arm].method for arm in self.run.arms}
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Every run of a study and where its results go."""
+
+    spec: StudySpec
+    runs: tuple[PlannedRun, ...]
+    ref: DatasetRef
+
+    @property
+    def store_root(self) -> str:
+        return self.runs[0].config.store_root()
+
+
+def plan_study(spec: StudySpec) -> StudyPlan:
+    """Each run's config (the base with the run's overrides) and plan; the study's fingerprint."""
+    planned = []
+    for run in spec.runs():
+        config = load_config(spec.base, list(run.overrides))
+        planned.append(PlannedRun(run, config, plan_pipeline(config)))
+    roots = {p.config.store_root() for p in planned}
+    if len(roots) > 1:
+        raise ValueError(f"study {spec.name!r}: its runs name different stores ({', '.join(sorted(roots))}); "
+                         "a study's runs share one store")
+    ref = fingerprint("study", {"spec": spec.model_dump(mode="json")}, [p.plan.ref("evaluate") for p in planned])
+    return StudyPlan(spec, tuple(planned), ref)

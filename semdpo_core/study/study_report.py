@@ -1,0 +1,178 @@
+"""The study's report, from its rows (STUDY_ROWS): the measured dose, each arm's endpoints, each
+arm minus the baseline per dose (mean over seeds, interval, signed-rank test), the slope over
+doses, and a figure of the differences against the dose, a line per arm."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from semdpo_core.study.seed_statistics import dose_slope, paired_difference
+from semdpo_core.study.spec import StudySpec
+
+LOSES = "loses_content"
+DISTANCE = "semantic_distance"
+
+
+def value(row: dict[str, Any], metric: str) -> float:
+    """One row's value of an endpoint: a score, the content loss (0/1) or the MiniLM distance."""
+    if metric == LOSES:
+        return float(row[LOSES])
+    if metric == DISTANCE:
+        return float(row[DISTANCE])
+    return dict(row["scores"])[metric]
+
+
+def kinds_of(spec: StudySpec) -> list[str]:
+    return list(dict.fromkeys(d.kind for d in spec.doses if d.share > 0)) or ["replace"]
+
+
+def shares_of(spec: StudySpec, kind: str) -> list[float]:
+    """A kind's doses in order, share 0 (the plain config, shared by every kind) included."""
+    return sorted({0.0} & {d.share for d in spec.doses} | {d.share for d in spec.doses if d.kind == kind})
+
+
+def grouped(rows: pa.Table) -> dict[tuple[float, str, int], list[dict[str, Any]]]:
+    """{(share, kind or '' at share 0, seed): rows}; arms are split later."""
+    out: dict[tuple[float, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows.to_pylist():
+        out[(r["share"], "" if r["share"] == 0 else r["kind"], r["seed"])].append(r)
+    return out
+
+
+def per_prompt(rows: list[dict[str, Any]], arm: str, metric: str) -> np.ndarray:
+    """An arm's values over its test prompts, in (dataset, prompt id) order (paired across arms)."""
+    mine = sorted((r["dataset"], r["prompt_id"], value(r, metric)) for r in rows if r["arm"] == arm)
+    return np.array([v for _, _, v in mine])
+
+
+def summarise(rows: pa.Table, spec: StudySpec) -> dict[str, Any]:
+    """Every table of the report, JSON-ready."""
+    groups = grouped(rows)
+    seeds_at = defaultdict(list)
+    for share, kind, seed in groups:
+        seeds_at[(share, kind)].append(seed)
+    stats = spec.statistics
+    endpoints = [*spec.metrics, LOSES, DISTANCE]
+    out: dict[str, list[dict[str, Any]]] = {"dose": [], "means": [], "differences": [], "slopes": []}
+    for kind in kinds_of(spec):
+        per_seed_diffs: dict[str, dict[float, dict[int, float]]] = defaultdict(dict)
+        for share in shares_of(spec, kind):
+            key = (share, "" if share == 0 else kind)
+            seeds = sorted(seeds_at.get(key, []))
+            if not seeds:
+                continue
+            first = [groups[(*key, s)][0] for s in seeds]
+            out["dose"].append(dict(kind=kind, share=share, seeds=len(seeds),
+                                    chosen_loses_content=float(np.mean([r["chosen_loses_content"] for r in first])),
+                                    chosen_injected=float(np.mean([r["chosen_injected"] for r in first]))))
+            for arm in spec.arms:
+                means = {m: float(np.mean([per_prompt(groups[(*key, s)], arm, m).mean() for s in seeds]))
+                         for m in endpoints}
+                out["means"].append(dict(kind=kind, share=share, arm=arm, seeds=len(seeds), **means))
+                if arm == spec.baseline:
+                    continue
+                for metric in (spec.primary, LOSES):
+                    d = paired_difference({s: per_prompt(groups[(*key, s)], arm, metric) for s in seeds},
+                                          {s: per_prompt(groups[(*key, s)], spec.baseline, metric) for s in seeds},
+                                          stats.resamples, stats.confidence, stats.seed)
+                    out["differences"].append(dict(kind=kind, share=share, arm=arm, metric=metric, seeds=d.seeds,
+                                                   mean=d.mean, low=d.low, high=d.high, p_value=d.p_value,
+                                                   higher=d.higher, per_seed=list(d.per_seed)))
+                    if metric == spec.primary:
+                        per_seed_diffs[arm][share] = dict(zip(seeds, d.per_seed))
+        for arm, by_dose in per_seed_diffs.items():
+            if len(by_dose) > 1:
+                s = dose_slope(by_dose, stats.resamples, stats.confidence, stats.seed)
+                out["slopes"].append(dict(kind=kind, arm=arm, metric=spec.primary, slope=s.slope, low=s.low,
+                                          high=s.high))
+    return out
+
+
+def figure_png(summary: dict[str, Any], spec: StudySpec) -> bytes:
+    """A panel per dose kind: each arm minus the baseline on the primary endpoint against the dose,
+    the mean over seeds with its interval."""
+    from matplotlib.figure import Figure
+
+    kinds = list(dict.fromkeys(d["kind"] for d in summary["differences"])) or ["replace"]
+    fig = Figure(figsize=(5.2 * len(kinds), 3.9), dpi=110)
+    for i, kind in enumerate(kinds):
+        ax = fig.add_subplot(1, len(kinds), i + 1)
+        for arm in [a for a in spec.arms if a != spec.baseline]:
+            points = [d for d in summary["differences"]
+                      if d["kind"] == kind and d["arm"] == arm and d["metric"] == spec.primary]
+            if not points:
+                continue
+            xs = np.array([p["share"] for p in points])
+            ys = np.array([p["mean"] for p in points])
+            errors = np.array([[p["mean"] - p["low"] for p in points], [p["high"] - p["mean"] for p in points]])
+            ax.errorbar(xs + 0.004 * list(spec.arms).index(arm), ys, yerr=errors, marker="o", capsize=3,
+                        linewidth=1, label=arm)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set(xlabel=f"dose: share of training prompts given a '{kind}' candidate",
+               ylabel=f"{spec.primary}: arm - {spec.baseline}", title=f"{kind}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def markdown(summary: dict[str, Any], spec: StudySpec, runs: int, seconds: float) -> str:
+    """The report as markdown."""
+    p = spec.primary
+    out = [f"# Study `{spec.name}`", "",
+           f"{len(spec.seeds)} seeds x {len(spec.doses)} doses x {len(spec.arms)} arms ({runs} pipeline runs"
+           + f", {seconds / 3600:.2f} h of pipeline runs on this machine); every arm against `{spec.baseline}`, paired "
+           "within a seed and dose. Intervals: bootstrap over seeds with prompts resampled within each "
+           f"({spec.statistics.resamples} resamples, {spec.statistics.confidence:.0%}); p: Wilcoxon signed-rank "
+           "across seeds.", "",
+           "## Measured dose", "",
+           "| kind | dose | seeds | chosen rewrites losing content | chosen = injected |", "|---|---|---|---|---|"]
+    for d in summary["dose"]:
+        out.append(f"| {d['kind']} | {d['share']:g} | {d['seeds']} | {d['chosen_loses_content']:.3f} | "
+                   f"{d['chosen_injected']:.3f} |")
+    metrics = [*spec.metrics, LOSES, DISTANCE]
+    out += ["", "## Endpoints (mean over seeds of the mean over test prompts)", "",
+            "| kind | dose | arm | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
+    for m in summary["means"]:
+        cells = " | ".join(f"{m[k]:.4f}" for k in metrics)
+        out.append(f"| {m['kind']} | {m['share']:g} | {m['arm']} | {cells} |")
+    out += ["", f"## Arm - {spec.baseline} per dose", "",
+            "| kind | dose | arm | endpoint | mean | interval | seeds higher | p |",
+            "|---|---|---|---|---|---|---|---|"]
+    for d in summary["differences"]:
+        out.append(f"| {d['kind']} | {d['share']:g} | {d['arm']} | {d['metric']} | {d['mean']:+.4f} | "
+                   f"[{d['low']:+.4f}, {d['high']:+.4f}] | {d['higher']} of {d['seeds']} | {d['p_value']:.3g} |")
+    out += ["", f"## Slope over doses ({p}: arm - {spec.baseline}, per unit of dose)", "",
+            "| kind | arm | slope | interval |", "|---|---|---|---|"]
+    for s in summary["slopes"]:
+        out.append(f"| {s['kind']} | {s['arm']} | {s['slope']:+.4f} | [{s['low']:+.4f}, {s['high']:+.4f}] |")
+    return "\n".join(out) + "\n"
+
+
+def figure_markdown(spec: StudySpec, image: str) -> str:
+    """The figure's section; `image` is where the PNG is (a file beside report.md, or a data URI)."""
+    return f"\n## Figure\n\n![{spec.primary}: each arm minus {spec.baseline} against the dose]({image})\n"
+
+
+def run_seconds(rows: pa.Table) -> float:
+    """The pipeline runs' wall time, summed over runs (each run's rows carry its own)."""
+    seconds = dict(zip(rows.column("run_index").to_pylist(), rows.column("run_seconds").to_pylist()))
+    return float(sum(seconds.values()))
+
+
+def report_files(rows: pa.Table, spec: StudySpec, runs: int) -> dict[str, bytes]:
+    """report.md, report.json and figure.png."""
+    summary = summarise(rows, spec)
+    seconds = run_seconds(rows)
+    return {"report.md": (markdown(summary, spec, runs, seconds) + figure_markdown(spec, "figure.png")).encode(),
+            "report.json": json.dumps({"spec": spec.model_dump(mode="json"), "runs": runs, "run_seconds": seconds,
+                                       **summary}, indent=2).encode(),
+            "figure.png": figure_png(summary, spec)}

@@ -1,0 +1,206 @@
+"""The drift study's machinery (issue 23): the injected candidate changes the content, is rendered
+from its prompt's seed and scored by the unchanged labeller; the shuffled-weight control has
+Sem-DPO's weights in another order; a small grid runs end to end, resumes after a kill without
+redoing a finished run, and its statistics equal hand-computed ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+
+from semdpo_core.pipeline.config import ConfigError, load_config
+from semdpo_core.pipeline.schemas import CANDIDATES
+from semdpo_core.pipeline.seeds import derive_seed
+from semdpo_core.study.seed_statistics import dose_slope, paired_difference
+from semdpo_core.study.spec import StudySpec, load_spec
+from semdpo_core.world.drift import INJECTED_SUFFIX, drifted, is_dosed
+from semdpo_core.world.grammar import content_words, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ------------------------------------------------------------------------------------ the dose
+
+
+def test_the_injected_candidate_moves_the_setting_and_nothing_else():
+    prompt = "two small red foxes in the desert"
+    samples = ["two small red foxes, soft focus", "two small red foxes in the desert, vivid colors, detailed"]
+    replaced = drifted("p1", prompt, samples, "replace", seed=3)
+    assert replaced.source == samples[1]  # the first sample that keeps the prompt's setting
+    assert parse(replaced.rewrite).setting == replaced.new_setting != "desert"
+    assert content_words(prompt) - content_words(replaced.rewrite) == {"desert"}  # only the setting is lost
+    assert replaced.rewrite.endswith(", vivid colors, detailed")  # its style words kept
+    appended = drifted("p1", prompt, samples, "append", seed=3)
+    assert appended.rewrite.startswith(samples[1] + ", ")
+    assert parse(appended.rewrite).setting == appended.new_setting  # the world draws the last setting
+    assert drifted("p2", "a cat", ["a cat"], "replace", seed=3) is None  # no setting to move
+
+
+def test_doses_are_nested_and_near_their_share():
+    ids = [f"p{i}" for i in range(4000)]
+    low = {p for p in ids if is_dosed(0, p, 0.15)}
+    high = {p for p in ids if is_dosed(0, p, 0.30)}
+    assert low < high
+    assert abs(len(low) / len(ids) - 0.15) < 0.02 and abs(len(high) / len(ids) - 0.30) < 0.02
+
+
+def test_candidates_get_the_injected_candidate_with_the_prompts_render_seed():
+    from semdpo_core.stages.candidates import inject_drift
+
+    prompts = {f"p{i}": f"a red fox in the desert number {i}" for i in range(40)}
+    rows = [{"candidate_id": f"{pid}-{j}", "prompt_id": pid, "prompt": p, "rewrite": f"{p}, vivid colors",
+             "seed": derive_seed(7, f"render:{pid}")} for pid, p in prompts.items() for j in range(2)]
+    table = pa.Table.from_pylist(rows, schema=CANDIDATES)
+    out = inject_drift(table, kind="replace", share=0.5, seed=7).to_pylist()
+    injected = [r for r in out if r["candidate_id"].endswith(INJECTED_SUFFIX)]
+    assert {r["prompt_id"] for r in injected} == {p for p in prompts if is_dosed(7, p, 0.5)}
+    assert len(out) == len(rows) + len(injected) and 10 < len(injected) < 30
+    for r in injected:
+        assert r["seed"] == derive_seed(7, f"render:{r['prompt_id']}")  # the prompt's seed, as its samples
+        assert "desert" not in content_words(r["rewrite"]) and parse(r["rewrite"]).setting is not None
+    assert inject_drift(table, kind="replace", share=0.0, seed=7).equals(table)
+
+
+# --------------------------------------------------------------------- the shuffled-weight control
+
+
+def test_the_shuffled_control_has_sem_dpos_weights_in_another_order():
+    from semdpo_core.preference.methods import get_method
+
+    config = load_config(None, ["train.methods=[sem_dpo, sem_dpo_shuffled]", "seed=5"])
+    d = torch.linspace(0.0, 0.8, 200, dtype=torch.float64)
+    settings = type("S", (), {"alpha": 4.0, "seed": 5, "sem_dpo_shuffled": config.train.sem_dpo_shuffled})()
+    sem = get_method("sem_dpo").pair_weights(d, settings)
+    shuffled = get_method("sem_dpo_shuffled").pair_weights(d, settings)
+    assert torch.equal(torch.sort(sem).values, torch.sort(shuffled).values)  # the same weights
+    assert not torch.equal(sem, shuffled)  # in another order
+    assert abs(np.corrcoef(d.numpy(), shuffled.numpy())[0, 1]) < 0.2  # no longer related to the distance
+    assert np.corrcoef(d.numpy(), sem.numpy())[0, 1] < -0.9
+    again = get_method("sem_dpo_shuffled").pair_weights(d, settings)
+    assert torch.equal(again, shuffled)  # seeded: a resumed run trains on the same order
+
+
+# --------------------------------------------------------------------------------- statistics
+
+
+def test_paired_difference_and_slope_against_hand_computed_values():
+    arm = {0: np.array([0.5, 0.7]), 1: np.array([0.4, 0.4]), 2: np.array([0.9, 0.9])}
+    base = {0: np.array([0.4, 0.6]), 1: np.array([0.5, 0.5]), 2: np.array([0.6, 0.6])}
+    d = paired_difference(arm, base, resamples=500, confidence=0.95, seed=0)
+    assert d.per_seed == pytest.approx((0.1, -0.1, 0.3))
+    assert d.mean == pytest.approx(0.1) and d.higher == 2 and d.seeds == 3
+    assert -0.1 - 1e-9 <= d.low <= d.mean <= d.high <= 0.3 + 1e-9
+    assert d.p_value == pytest.approx(0.75)  # Wilcoxon: ranks 1.5, 1.5, 3; W- = 1.5 of 6 -> exact p = 0.75
+    # differences 0, 0.1, 0.2 at doses 0, 0.5, 1 in every seed: slope 0.2 exactly, a zero-width interval
+    slope = dose_slope({0.0: {0: 0.0, 1: 0.0}, 0.5: {0: 0.1, 1: 0.1}, 1.0: {0: 0.2, 1: 0.2}}, 200, 0.95, 0)
+    assert (slope.slope, slope.low, slope.high) == pytest.approx((0.2, 0.2, 0.2))
+
+
+# ------------------------------------------------------------------------------------- the spec
+
+
+def test_the_shipped_study_spec_plans_its_grid():
+    spec = load_spec(ROOT / "configs" / "drift_study.yaml")
+    runs = spec.runs()
+    assert len(spec.seeds) >= 8 and len(runs) == len(spec.seeds) * len(spec.doses) * len(spec.groups())
+    first = runs[0]
+    config = load_config(spec.base, list(first.overrides))
+    assert config.train.methods == ["dpo", "sem_dpo", "sem_dpo_shuffled", "hard_filter"]
+    dosed = load_config(spec.base, list(next(r for r in runs if r.dose == spec.doses[1]).overrides))
+    assert dosed.candidates.inject.share == spec.doses[1].share and config.candidates.inject is None
+
+
+def test_a_bad_spec_names_its_file_and_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"seeds": [0], "doses": [{"share": 0}], "arms": {"a": {"method": "dpo"},
+                                                                                   "b": {"method": "sem_dpo"}},
+                                    "baseline": "c"}))
+    with pytest.raises(ConfigError, match=r"bad.yaml: .*baseline 'c' is not one of the arms"):
+        load_spec(path)
+    with pytest.raises(ValueError, match="train the same run"):
+        StudySpec(seeds=[0], doses=[{"share": 0}], arms={"a": {"method": "dpo"}, "b": {"method": "dpo"}}, baseline="a")
+
+
+# ------------------------------------------------------------------------- a small grid, killed
+
+
+def small_spec(tmp_path: Path) -> Path:
+    """2 seeds x 2 doses x 2 arms on a small world (an SFT of one epoch: its numbers mean nothing)."""
+    spec = {"name": "small", "base": str(ROOT / "configs" / "world.yaml"),
+            "set": ["data.max_train_prompts=48", "data.max_test_prompts=6", "shard_size=24", "sft.epochs=1",
+                    "sft.check_pairs=32", "train.epochs=1", f"store={tmp_path / 'store'}"],
+            "seeds": [0, 1], "doses": [{"kind": "replace", "share": 0.0}, {"kind": "replace", "share": 0.5}],
+            "arms": {"dpo": {"method": "dpo"}, "sem_dpo": {"method": "sem_dpo"}}, "baseline": "dpo",
+            "statistics": {"resamples": 200}}
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def study_command(spec: Path, tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)  # its own temporary Prefect server, killed with it
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "study", str(spec)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_a_small_grid_killed_midway_resumes_without_redoing_a_finished_run(tmp_path):
+    from semdpo_core.pipeline.config import ScorerConfig
+    from semdpo_core.pipeline.schemas import IMAGES, REWARDS
+    from semdpo_core.scorers import decode_png, load_scorer
+    from semdpo_core.store.artifact_store import ArtifactStore
+    from semdpo_core.study.measure import STUDY_ROWS
+    from semdpo_core.study.plan import plan_study
+    from semdpo_core.world.renderer import WorldRenderer
+
+    spec_path = small_spec(tmp_path)
+    plan = plan_study(load_spec(spec_path))
+    store = ArtifactStore(plan.store_root)
+    first = study_command(spec_path, tmp_path)
+    deadline = time.monotonic() + 600
+    while not store.shard_is_done(plan.ref, 1):  # two runs committed: kill it in the third
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()[-3000:]
+        time.sleep(0.5)
+    time.sleep(3)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    assert not store.is_committed(plan.ref) and not store.shard_is_done(plan.ref, 3)
+    kept = [store.shard_record(plan.ref, i) for i in range(2)]
+    second = study_command(spec_path, tmp_path)
+    out, _ = second.communicate(timeout=900)
+    assert second.returncode == 0, out[-3000:]
+    assert f"{len(plan.runs)} runs, 2 already done" in out or f"{len(plan.runs)} runs, 3 already done" in out, out
+    assert [store.shard_record(plan.ref, i) for i in range(2)] == kept  # finished runs untouched
+    rows = store.read_table(plan.ref, STUDY_ROWS)
+    assert sorted(set(rows.column("run_index").to_pylist())) == [0, 1, 2, 3]
+    report = json.loads(store.read_file(plan.ref, "report.json"))
+    assert {(d["share"], d["arm"], d["metric"]) for d in report["differences"]} == {
+        (0.0, "sem_dpo", "alignment"), (0.0, "sem_dpo", "loses_content"),
+        (0.5, "sem_dpo", "alignment"), (0.5, "sem_dpo", "loses_content")}
+    assert store.read_file(plan.ref, "figure.png").startswith(b"\x89PNG")
+    # every injected candidate: drawn from its prompt's seed, scored by the unchanged labeller
+    dosed = next(p for p in plan.runs if p.run.dose.share > 0)
+    scorer = load_scorer(ScorerConfig(kind="world", model="world:aesthetic"), torch.device("cpu"))
+    candidates = store.read_table(dosed.plan.ref("candidates"), CANDIDATES).to_pylist()
+    images = {r["candidate_id"]: r for r in store.read_table(dosed.plan.ref("render"), IMAGES).to_pylist()}
+    rewards = {r["candidate_id"]: r["reward"] for r in store.read_table(dosed.plan.ref("label"), REWARDS).to_pylist()}
+    injected = [c for c in candidates if c["candidate_id"].endswith(INJECTED_SUFFIX)]
+    assert injected, "no prompt got a content-changing candidate"
+    for c in injected:
+        siblings = [s for s in candidates if s["prompt_id"] == c["prompt_id"] and s is not c]
+        assert all(s["seed"] == c["seed"] for s in siblings)  # the prompt's seed, as its own samples
+        drawn = WorldRenderer().render([c["rewrite"]], [c["seed"]], 64, 64)[0]
+        assert decode_png(images[c["candidate_id"]]["image"]).tobytes() == drawn.tobytes()
+        assert rewards[c["candidate_id"]] == pytest.approx(scorer.score([drawn], [c["prompt"]])[0], rel=1e-5)
+        assert parse(c["rewrite"]).setting != parse(c["prompt"]).setting  # the content changed
