@@ -50,13 +50,15 @@ def study(spec_path: str) -> str:
     spec = load_spec(spec_path)
     plan = plan_study(spec)
     store = open_store(plan.store_root)
-    if store.is_committed(plan.ref):
+    shape = spec.model_dump(mode="json", include={"name", "baseline", "primary", "statistics"})
+    state = store.check(plan.ref)  # a damaged part or file is withdrawn (its run measured again)
+    if state == "done" and store.manifest(plan.ref)["meta"].get("report") == shape:
         get_run_logger().info("study %s is complete: nothing to run", plan.ref)
     else:
-        seconds = run_grid(plan)
+        seconds = run_grid(plan) if state != "done" else 0.0
         table = pa.concat_tables([store.read_shard(plan.ref, p.run.index, STUDY_ROWS) for p in plan.runs])
         store.commit(plan.ref, STUDY_ROWS, len(plan.runs), files=report_files(table, spec, len(plan.runs)),
-                     meta={"runs": len(plan.runs), "seconds_this_invocation": round(seconds, 1)})
+                     meta={"runs": len(plan.runs), "report": shape, "seconds_this_invocation": round(seconds, 1)})
     publish_study(store, plan.ref)
     where = store.file_url(plan.ref, "report.md")
     get_run_logger().info("study report: %s", where)

@@ -9,7 +9,6 @@ link to a file on the worker's disk (file://) is neither rendered nor opened fro
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 from typing import Any
@@ -31,8 +30,7 @@ from semdpo_core.stages.evaluate import (
 from semdpo_core.stages.report.document import Report
 from semdpo_core.stages.report.markdown import tables_markdown
 from semdpo_core.store.artifact_store import ArtifactStore, DatasetRef
-from semdpo_core.study.spec import StudySpec
-from semdpo_core.study.study_report import figure_markdown
+from semdpo_core.study.study_report import StudySummary, figure_markdown
 from semdpo_core.study.study_report import markdown as study_markdown
 
 log = logging.getLogger("semdpo.stages")
@@ -177,11 +175,10 @@ def publish_report_artifacts(store: ArtifactStore, ref: DatasetRef) -> None:
 def publish_study(store: ArtifactStore, ref: DatasetRef) -> None:
     """The study's report (`semdpo-study`), its figure inline; a view, never a failure."""
     try:
-        summary = json.loads(store.read_file(ref, "report.json"))
-        spec = StudySpec.model_validate(summary["spec"])
+        summary = StudySummary.model_validate_json(store.read_file(ref, "report.json"))
         png = store.read_file(ref, "figure.png")
         uri = f"data:image/png;base64,{base64.b64encode(png).decode()}"
-        text = study_markdown(summary, spec, summary["runs"], summary["run_seconds"]) + figure_markdown(spec, uri)
+        text = study_markdown(summary) + figure_markdown(summary.spec, uri)
         create_markdown_artifact(key="semdpo-study", markdown=text, description=f"study {ref}")
     except Exception as e:  # a view only: the study's results are in the store
         log.warning("could not publish the study artifact: %s", e)

@@ -106,6 +106,47 @@ def test_paired_difference_and_slope_against_hand_computed_values():
     assert (slope.slope, slope.low, slope.high) == pytest.approx((0.2, 0.2, 0.2))
 
 
+def study_rows(values: dict[tuple[str, float, int, str], dict[str, float]]) -> pa.Table:
+    """STUDY_ROWS from {(kind, share, seed, arm): {prompt id: alignment}}, each arm's prompts in its own order."""
+    from semdpo_core.study.measure import STUDY_ROWS
+
+    rows = [dict(run_index=0, seed=seed, kind=kind, share=share, arm=arm, run=arm, dataset="d", prompt_id=pid,
+                 scores=[("alignment", v), ("aesthetic", 0.0), ("pick", 0.0)], loses_content=v < 0.5,
+                 semantic_distance=0.1, chosen_loses_content=share / 10, chosen_injected=share / 5, run_seconds=1.0)
+            for (kind, share, seed, arm), by_prompt in values.items() for pid, v in by_prompt.items()]
+    return pa.Table.from_pylist(rows, schema=STUDY_ROWS)
+
+
+def test_the_study_summary_pairs_prompts_by_key_and_shares_dose_zero_across_kinds():
+    from semdpo_core.study.study_report import summarise
+
+    spec = StudySpec(seeds=[0, 1], doses=[{"share": 0}, {"share": 0.5}, {"kind": "append", "share": 0.5}],
+                     arms={"dpo": {"method": "dpo"}, "sem_dpo": {"method": "sem_dpo"}}, statistics={"resamples": 200})
+    base = {"a": 0.4, "b": 0.6}
+    values = {}
+    for seed, gain in ((0, 0.1), (1, 0.2)):
+        values[("replace", 0.0, seed, "dpo")] = base
+        values[("replace", 0.0, seed, "sem_dpo")] = {"b": 0.6, "a": 0.4}  # another order, no difference
+        values[("replace", 0.5, seed, "dpo")] = base
+        values[("replace", 0.5, seed, "sem_dpo")] = {"b": 0.6 + gain, "a": 0.4 + gain}
+        values[("append", 0.5, seed, "dpo")] = base
+        values[("append", 0.5, seed, "sem_dpo")] = base
+    summary = summarise(study_rows(values), spec, runs=6)
+    diff = {(d.kind, d.share): d for d in summary.differences if d.metric == "alignment"}
+    assert set(diff) == {("replace", 0.0), ("replace", 0.5), ("append", 0.0), ("append", 0.5)}  # share 0 in both
+    dosed = diff[("replace", 0.5)]
+    assert dosed.per_seed == pytest.approx([0.1, 0.2]) and dosed.mean == pytest.approx(0.15)
+    assert diff[("replace", 0.0)].mean == 0 and diff[("append", 0.5)].mean == 0
+    slopes = {s.kind: s.slope for s in summary.slopes}
+    assert slopes["replace"] == pytest.approx(0.3) and slopes["append"] == pytest.approx(0.0)  # 0.15 over a dose of 0.5
+    means = {(m.kind, m.share, m.arm): m.endpoints["alignment"] for m in summary.means}
+    assert means[("replace", 0.5, "sem_dpo")] == pytest.approx(0.65) and means[("append", 0.0, "dpo")] == 0.5
+    assert {(d.kind, d.share): d.chosen_injected for d in summary.dose}[("replace", 0.5)] == pytest.approx(0.1)
+    values[("append", 0.5, 1, "sem_dpo")] = {"a": 0.4, "c": 0.6}  # evaluated on another prompt: refused
+    with pytest.raises(ValueError, match="different test prompts"):
+        summarise(study_rows(values), spec, runs=6)
+
+
 # ------------------------------------------------------------------------------------- the spec
 
 
@@ -147,11 +188,12 @@ def small_spec(tmp_path: Path) -> Path:
     return path
 
 
-def study_command(spec: Path, tmp_path: Path) -> subprocess.Popen:
+def study_command(spec: Path, tmp_path: Path, log: Path) -> subprocess.Popen:
+    """`semdpo study SPEC` in its own process group (its temporary Prefect server is killed with it)."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)  # its own temporary Prefect server, killed with it
+    env.pop("PREFECT_API_URL", None)
     return subprocess.Popen([sys.executable, "-m", "flows.cli", "study", str(spec)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.mark.slow
@@ -167,18 +209,20 @@ def test_a_small_grid_killed_midway_resumes_without_redoing_a_finished_run(tmp_p
     spec_path = small_spec(tmp_path)
     plan = plan_study(load_spec(spec_path))
     store = ArtifactStore(plan.store_root)
-    first = study_command(spec_path, tmp_path)
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = study_command(spec_path, tmp_path, first_log)
     deadline = time.monotonic() + 600
     while not store.shard_is_done(plan.ref, 1):  # two runs committed: kill it in the third
-        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()[-3000:]
+        assert first.poll() is None and time.monotonic() < deadline, first_log.read_text()[-3000:]
         time.sleep(0.5)
     time.sleep(3)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
     assert not store.is_committed(plan.ref) and not store.shard_is_done(plan.ref, 3)
     kept = [store.shard_record(plan.ref, i) for i in range(2)]
-    second = study_command(spec_path, tmp_path)
-    out, _ = second.communicate(timeout=900)
+    second = study_command(spec_path, tmp_path, second_log)
+    second.wait(timeout=900)
+    out = second_log.read_text()
     assert second.returncode == 0, out[-3000:]
     assert f"{len(plan.runs)} runs, 2 already done" in out or f"{len(plan.runs)} runs, 3 already done" in out, out
     assert [store.shard_record(plan.ref, i) for i in range(2)] == kept  # finished runs untouched

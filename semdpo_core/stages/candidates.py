@@ -90,7 +90,8 @@ def inject_drift(table: pa.Table, kind: str, share: float, seed: int) -> pa.Tabl
         out.append(dict(candidate_id=pid + INJECTED_SUFFIX, prompt_id=pid, prompt=rows[0]["prompt"],
                         rewrite=made.rewrite, seed=derive_seed(seed, f"render:{pid}")))
     log.info("candidates.inject (%s, share %g): %d of %d prompts dosed, %d with a content-changing candidate "
-             "(%d: no setting, or no sample keeping it)", kind, share, dosed, len(by_prompt), dosed - missed, missed)
+             "(%d: no setting, or no sample keeping the prompt's content)", kind, share, dosed, len(by_prompt),
+             dosed - missed, missed)
     return pa.Table.from_pylist(out, schema=CANDIDATES)
 
 

@@ -10,13 +10,13 @@ appended style words alone).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pyarrow as pa
 
 from semdpo_core.pipeline.plan import Plan
 from semdpo_core.pipeline.schemas import EVALUATION, PAIRS
+from semdpo_core.stages.report.document import Report
 from semdpo_core.store.artifact_store import ArtifactStore
 from semdpo_core.study.spec import StudyRun
 from semdpo_core.world.drift import INJECTED_SUFFIX
@@ -58,13 +58,13 @@ def measured_dose(pairs: pa.Table) -> tuple[float, float]:
     return losing / len(rows), injected / len(rows)
 
 
-def evaluated_label(method: str, labels: list[str], report: dict[str, Any] | None) -> str:
+def evaluated_label(method: str, labels: list[str], report: Report | None) -> str:
     """The evaluation's label of an arm: its method's run, or the alpha a sweep chose on validation."""
     if method in labels:
         return method
-    selection = (report or {}).get("alpha_selection")
-    if selection and selection["chosen"].startswith(f"{method}@"):
-        return selection["chosen"]
+    selection = report.alpha_selection if report is not None else None
+    if selection is not None and selection.chosen.startswith(f"{method}@"):
+        return selection.chosen
     raise KeyError(f"no evaluated run of {method!r} (evaluated: {', '.join(labels)})")
 
 
@@ -74,7 +74,7 @@ def run_rows(store: ArtifactStore, plan: Plan, run: StudyRun, arms: dict[str, st
     to its method."""
     evaluation = store.read_table(plan.ref("evaluate"), EVALUATION).drop(["image"])
     labels = list(dict.fromkeys(evaluation.column("method").to_pylist()))
-    report = json.loads(store.read_file(plan.ref("report"), "report.json")) if plan.has("report") else None
+    report = Report.from_json(store.read_file(plan.ref("report"), "report.json")) if plan.has("report") else None
     dose, injected = measured_dose(store.read_table(plan.ref("pairs"), PAIRS))
     by_label: dict[str, list[dict[str, Any]]] = {}
     for row in evaluation.to_pylist():

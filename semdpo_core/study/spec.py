@@ -5,7 +5,8 @@ An arm is a training run compared with the baseline arm, paired within a seed an
 that share their config overrides are trained in one pipeline run (one config, several
 `train.methods`); an arm with overrides of its own (DPO at another learning rate) is a run of its
 own. Every run of one seed shares the prompts and the SFT rewriter through the store's content
-addressing, and every dose of one seed the candidates' samples it was built from.
+addressing; each dose samples the seed's candidates again from the same seeds (the same samples
+on one machine) and adds its own.
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ class StudySpec(BaseModel):
             raise ValueError(f"baseline {self.baseline!r} is not one of the arms ({', '.join(self.arms)})")
         if self.primary not in self.metrics:
             raise ValueError(f"primary {self.primary!r} is not one of the metrics ({', '.join(self.metrics)})")
+        runs = [d.overrides() for d in self.doses]
+        repeated = [d.label for i, d in enumerate(self.doses) if d.overrides() in runs[:i]]
+        if repeated:
+            raise ValueError(f"doses {', '.join(repeated)} repeat a dose listed before them (share 0 is one dose "
+                             "for every kind: list it once)")
         for arm in self.arms.values():
             labels = [other for other, a in self.arms.items() if a.method == arm.method and a.set == arm.set]
             if len(labels) > 1:

@@ -5,18 +5,77 @@ doses, and a figure of the differences against the dose, a line per arm."""
 from __future__ import annotations
 
 import io
-import json
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel
 
 from semdpo_core.study.seed_statistics import dose_slope, paired_difference
 from semdpo_core.study.spec import StudySpec
 
 LOSES = "loses_content"
 DISTANCE = "semantic_distance"
+
+
+class DoseRow(BaseModel):
+    """The dose at one share: how many chosen rewrites lose content, and how many were injected."""
+
+    kind: str
+    share: float
+    seeds: int
+    chosen_loses_content: float
+    chosen_injected: float
+
+
+class MeansRow(BaseModel):
+    """An arm's endpoints at one dose: the mean over seeds of its mean over test prompts."""
+
+    kind: str
+    share: float
+    arm: str
+    seeds: int
+    endpoints: dict[str, float]
+
+
+class DifferenceRow(BaseModel):
+    """An arm minus the baseline on one endpoint at one dose, over seeds."""
+
+    kind: str
+    share: float
+    arm: str
+    metric: str
+    seeds: int
+    mean: float
+    low: float
+    high: float
+    p_value: float
+    higher: int
+    per_seed: list[float]
+
+
+class SlopeRow(BaseModel):
+    """How an arm's difference from the baseline changes per unit of dose."""
+
+    kind: str
+    arm: str
+    metric: str
+    slope: float
+    low: float
+    high: float
+
+
+class StudySummary(BaseModel):
+    """What report.json holds and the report's readers (markdown, the Prefect UI) read by attribute."""
+
+    spec: StudySpec
+    runs: int
+    run_seconds: float  # summed over runs, each as the invocation that finished it measured it
+    dose: list[DoseRow] = []
+    means: list[MeansRow] = []
+    differences: list[DifferenceRow] = []
+    slopes: list[SlopeRow] = []
 
 
 def value(row: dict[str, Any], metric: str) -> float:
@@ -45,21 +104,31 @@ def grouped(rows: pa.Table) -> dict[tuple[float, str, int], list[dict[str, Any]]
     return out
 
 
-def per_prompt(rows: list[dict[str, Any]], arm: str, metric: str) -> np.ndarray:
-    """An arm's values over its test prompts, in (dataset, prompt id) order (paired across arms)."""
-    mine = sorted((r["dataset"], r["prompt_id"], value(r, metric)) for r in rows if r["arm"] == arm)
-    return np.array([v for _, _, v in mine])
+def per_prompt(rows: list[dict[str, Any]], arm: str, metric: str) -> dict[tuple[str, str], float]:
+    """An arm's value on each of its test prompts, by (dataset, prompt id)."""
+    return {(r["dataset"], r["prompt_id"]): value(r, metric) for r in rows if r["arm"] == arm}
 
 
-def summarise(rows: pa.Table, spec: StudySpec) -> dict[str, Any]:
-    """Every table of the report, JSON-ready."""
+def paired(rows: list[dict[str, Any]], arm: str, baseline: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The arm's and the baseline's values on the same test prompts, in one order; an error when the
+    two arms were evaluated on different prompts."""
+    mine, theirs = per_prompt(rows, arm, metric), per_prompt(rows, baseline, metric)
+    if mine.keys() != theirs.keys():
+        raise ValueError(f"{arm} and {baseline} were evaluated on different test prompts "
+                         f"({len(mine.keys() ^ theirs.keys())} differ)")
+    keys = sorted(mine)
+    return np.array([mine[k] for k in keys]), np.array([theirs[k] for k in keys])
+
+
+def summarise(rows: pa.Table, spec: StudySpec, runs: int) -> StudySummary:
+    """Every table of the report."""
     groups = grouped(rows)
     seeds_at = defaultdict(list)
     for share, kind, seed in groups:
         seeds_at[(share, kind)].append(seed)
     stats = spec.statistics
     endpoints = [*spec.metrics, LOSES, DISTANCE]
-    out: dict[str, list[dict[str, Any]]] = {"dose": [], "means": [], "differences": [], "slopes": []}
+    out = StudySummary(spec=spec, runs=runs, run_seconds=run_seconds(rows))
     for kind in kinds_of(spec):
         per_seed_diffs: dict[str, dict[float, dict[int, float]]] = defaultdict(dict)
         for share in shares_of(spec, kind):
@@ -68,49 +137,49 @@ def summarise(rows: pa.Table, spec: StudySpec) -> dict[str, Any]:
             if not seeds:
                 continue
             first = [groups[(*key, s)][0] for s in seeds]
-            out["dose"].append(dict(kind=kind, share=share, seeds=len(seeds),
+            out.dose.append(DoseRow(kind=kind, share=share, seeds=len(seeds),
                                     chosen_loses_content=float(np.mean([r["chosen_loses_content"] for r in first])),
                                     chosen_injected=float(np.mean([r["chosen_injected"] for r in first]))))
             for arm in spec.arms:
-                means = {m: float(np.mean([per_prompt(groups[(*key, s)], arm, m).mean() for s in seeds]))
-                         for m in endpoints}
-                out["means"].append(dict(kind=kind, share=share, arm=arm, seeds=len(seeds), **means))
+                means = {m: float(np.mean([np.mean(list(per_prompt(groups[(*key, s)], arm, m).values()))
+                                           for s in seeds])) for m in endpoints}
+                out.means.append(MeansRow(kind=kind, share=share, arm=arm, seeds=len(seeds), endpoints=means))
                 if arm == spec.baseline:
                     continue
                 for metric in (spec.primary, LOSES):
-                    d = paired_difference({s: per_prompt(groups[(*key, s)], arm, metric) for s in seeds},
-                                          {s: per_prompt(groups[(*key, s)], spec.baseline, metric) for s in seeds},
+                    pairs = {s: paired(groups[(*key, s)], arm, spec.baseline, metric) for s in seeds}
+                    d = paired_difference({s: p[0] for s, p in pairs.items()}, {s: p[1] for s, p in pairs.items()},
                                           stats.resamples, stats.confidence, stats.seed)
-                    out["differences"].append(dict(kind=kind, share=share, arm=arm, metric=metric, seeds=d.seeds,
-                                                   mean=d.mean, low=d.low, high=d.high, p_value=d.p_value,
-                                                   higher=d.higher, per_seed=list(d.per_seed)))
+                    out.differences.append(DifferenceRow(kind=kind, share=share, arm=arm, metric=metric, seeds=d.seeds,
+                                                         mean=d.mean, low=d.low, high=d.high, p_value=d.p_value,
+                                                         higher=d.higher, per_seed=list(d.per_seed)))
                     if metric == spec.primary:
                         per_seed_diffs[arm][share] = dict(zip(seeds, d.per_seed))
         for arm, by_dose in per_seed_diffs.items():
             if len(by_dose) > 1:
                 s = dose_slope(by_dose, stats.resamples, stats.confidence, stats.seed)
-                out["slopes"].append(dict(kind=kind, arm=arm, metric=spec.primary, slope=s.slope, low=s.low,
-                                          high=s.high))
+                out.slopes.append(SlopeRow(kind=kind, arm=arm, metric=spec.primary, slope=s.slope, low=s.low,
+                                           high=s.high))
     return out
 
 
-def figure_png(summary: dict[str, Any], spec: StudySpec) -> bytes:
+def figure_png(summary: StudySummary) -> bytes:
     """A panel per dose kind: each arm minus the baseline on the primary endpoint against the dose,
     the mean over seeds with its interval."""
     from matplotlib.figure import Figure
 
-    kinds = list(dict.fromkeys(d["kind"] for d in summary["differences"])) or ["replace"]
+    spec = summary.spec
+    kinds = list(dict.fromkeys(d.kind for d in summary.differences)) or ["replace"]
     fig = Figure(figsize=(5.2 * len(kinds), 3.9), dpi=110)
     for i, kind in enumerate(kinds):
         ax = fig.add_subplot(1, len(kinds), i + 1)
         for arm in [a for a in spec.arms if a != spec.baseline]:
-            points = [d for d in summary["differences"]
-                      if d["kind"] == kind and d["arm"] == arm and d["metric"] == spec.primary]
+            points = [d for d in summary.differences if d.kind == kind and d.arm == arm and d.metric == spec.primary]
             if not points:
                 continue
-            xs = np.array([p["share"] for p in points])
-            ys = np.array([p["mean"] for p in points])
-            errors = np.array([[p["mean"] - p["low"] for p in points], [p["high"] - p["mean"] for p in points]])
+            xs = np.array([p.share for p in points])
+            ys = np.array([p.mean for p in points])
+            errors = np.array([[p.mean - p.low for p in points], [p.high - p.mean for p in points]])
             ax.errorbar(xs + 0.004 * list(spec.arms).index(arm), ys, yerr=errors, marker="o", capsize=3,
                         linewidth=1, label=arm)
         ax.axhline(0.0, color="black", linewidth=0.8)
@@ -124,36 +193,37 @@ def figure_png(summary: dict[str, Any], spec: StudySpec) -> bytes:
     return buffer.getvalue()
 
 
-def markdown(summary: dict[str, Any], spec: StudySpec, runs: int, seconds: float) -> str:
-    """The report as markdown."""
-    p = spec.primary
+def markdown(summary: StudySummary) -> str:
+    """The report as markdown (its figure apart: `figure_markdown`)."""
+    spec, p = summary.spec, summary.spec.primary
     out = [f"# Study `{spec.name}`", "",
-           f"{len(spec.seeds)} seeds x {len(spec.doses)} doses x {len(spec.arms)} arms ({runs} pipeline runs"
-           + f", {seconds / 3600:.2f} h of pipeline runs on this machine); every arm against `{spec.baseline}`, paired "
-           "within a seed and dose. Intervals: bootstrap over seeds with prompts resampled within each "
-           f"({spec.statistics.resamples} resamples, {spec.statistics.confidence:.0%}); p: Wilcoxon signed-rank "
-           "across seeds.", "",
+           f"{len(spec.seeds)} seeds x {len(spec.doses)} doses x {len(spec.arms)} arms ({summary.runs} pipeline runs, "
+           f"{summary.run_seconds / 3600:.2f} h of pipeline runs on this machine, a run resumed after a kill "
+           "counting its last invocation); every arm against "
+           f"`{spec.baseline}`, paired within a seed and dose. Intervals: bootstrap over seeds with prompts "
+           f"resampled within each ({spec.statistics.resamples} resamples, {spec.statistics.confidence:.0%}); p: "
+           f"Wilcoxon signed-rank across seeds (with {len(spec.seeds)} seeds the smallest two-sided p possible is "
+           f"{2 / 2 ** len(spec.seeds):.3g}).", "",
            "## Measured dose", "",
            "| kind | dose | seeds | chosen rewrites losing content | chosen = injected |", "|---|---|---|---|---|"]
-    for d in summary["dose"]:
-        out.append(f"| {d['kind']} | {d['share']:g} | {d['seeds']} | {d['chosen_loses_content']:.3f} | "
-                   f"{d['chosen_injected']:.3f} |")
+    for d in summary.dose:
+        out.append(f"| {d.kind} | {d.share:g} | {d.seeds} | {d.chosen_loses_content:.3f} | {d.chosen_injected:.3f} |")
     metrics = [*spec.metrics, LOSES, DISTANCE]
     out += ["", "## Endpoints (mean over seeds of the mean over test prompts)", "",
             "| kind | dose | arm | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
-    for m in summary["means"]:
-        cells = " | ".join(f"{m[k]:.4f}" for k in metrics)
-        out.append(f"| {m['kind']} | {m['share']:g} | {m['arm']} | {cells} |")
+    for m in summary.means:
+        cells = " | ".join(f"{m.endpoints[k]:.4f}" for k in metrics)
+        out.append(f"| {m.kind} | {m.share:g} | {m.arm} | {cells} |")
     out += ["", f"## Arm - {spec.baseline} per dose", "",
             "| kind | dose | arm | endpoint | mean | interval | seeds higher | p |",
             "|---|---|---|---|---|---|---|---|"]
-    for d in summary["differences"]:
-        out.append(f"| {d['kind']} | {d['share']:g} | {d['arm']} | {d['metric']} | {d['mean']:+.4f} | "
-                   f"[{d['low']:+.4f}, {d['high']:+.4f}] | {d['higher']} of {d['seeds']} | {d['p_value']:.3g} |")
+    for d in summary.differences:
+        out.append(f"| {d.kind} | {d.share:g} | {d.arm} | {d.metric} | {d.mean:+.4f} | "
+                   f"[{d.low:+.4f}, {d.high:+.4f}] | {d.higher} of {d.seeds} | {d.p_value:.3g} |")
     out += ["", f"## Slope over doses ({p}: arm - {spec.baseline}, per unit of dose)", "",
             "| kind | arm | slope | interval |", "|---|---|---|---|"]
-    for s in summary["slopes"]:
-        out.append(f"| {s['kind']} | {s['arm']} | {s['slope']:+.4f} | [{s['low']:+.4f}, {s['high']:+.4f}] |")
+    for s in summary.slopes:
+        out.append(f"| {s.kind} | {s.arm} | {s.slope:+.4f} | [{s.low:+.4f}, {s.high:+.4f}] |")
     return "\n".join(out) + "\n"
 
 
@@ -170,9 +240,7 @@ def run_seconds(rows: pa.Table) -> float:
 
 def report_files(rows: pa.Table, spec: StudySpec, runs: int) -> dict[str, bytes]:
     """report.md, report.json and figure.png."""
-    summary = summarise(rows, spec)
-    seconds = run_seconds(rows)
-    return {"report.md": (markdown(summary, spec, runs, seconds) + figure_markdown(spec, "figure.png")).encode(),
-            "report.json": json.dumps({"spec": spec.model_dump(mode="json"), "runs": runs, "run_seconds": seconds,
-                                       **summary}, indent=2).encode(),
-            "figure.png": figure_png(summary, spec)}
+    summary = summarise(rows, spec, runs)
+    return {"report.md": (markdown(summary) + figure_markdown(spec, "figure.png")).encode(),
+            "report.json": summary.model_dump_json(indent=2).encode(),
+            "figure.png": figure_png(summary)}

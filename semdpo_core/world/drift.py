@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from semdpo_core.pipeline.seeds import derive_seed
-from semdpo_core.world.grammar import SETTING_INDEX, SETTINGS, parse
+from semdpo_core.world.grammar import SETTING_INDEX, SETTINGS, content_words, parse
 
 KINDS = ("replace", "append")
 INJECTED_SUFFIX = "-drift"  # an injected candidate's id: `<prompt id>-drift`
@@ -78,8 +78,9 @@ def bare(phrase: str) -> str:
 
 
 def drifted(prompt_id: str, prompt: str, samples: list[str], kind: str, seed: int) -> Injected | None:
-    """The injected candidate for one prompt: its first sample that keeps the prompt's setting, with
-    that setting moved (`kind`); None when the prompt has no setting or no sample keeps it."""
+    """The injected candidate for one prompt: its first sample that keeps every content word of the
+    prompt, with its setting moved (`kind`), so that the setting is all it loses; None when the
+    prompt has no setting or no sample keeps its content."""
     if kind not in KINDS:
         raise ValueError(f"candidates.inject.kind: {kind!r} is not one of {', '.join(KINDS)}")
     setting = parse(prompt).setting
@@ -87,8 +88,9 @@ def drifted(prompt_id: str, prompt: str, samples: list[str], kind: str, seed: in
         return None
     new = other_setting(seed, prompt_id, setting)
     phrase = setting_phrase(new, seed, prompt_id)
+    content = content_words(prompt)
     for sample in samples:
-        if parse(sample).setting != setting:
+        if parse(sample).setting != setting or not content <= content_words(sample):
             continue
         rewrite = replace_setting(sample, setting, phrase) if kind == "replace" else f"{sample}, {phrase}"
         if rewrite is not None and parse(rewrite).setting == new:
