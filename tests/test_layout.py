@@ -7,6 +7,7 @@ that means to recompute outputs (a new setting's default, SCHEMA_VERSION) record
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,6 +41,20 @@ def test_no_folder_of_the_library_holds_more_than_twelve_modules():
     for folder in [ROOT / "semdpo_core", *(p for p in (ROOT / "semdpo_core").rglob("*") if p.is_dir())]:
         modules = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
         assert len(modules) <= 12, f"{folder.relative_to(ROOT)} holds {len(modules)} modules"
+
+
+def test_a_plugin_written_before_the_move_still_imports_the_registry_and_losses():
+    """A plugin's `from semdpo_core.methods import Method, register` (README before issue 25) keeps
+    working, with a DeprecationWarning that names the new module."""
+    code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+            "try:\n    import semdpo_core.methods\nexcept DeprecationWarning as w:\n    print(w)\n"
+            "warnings.simplefilter('ignore')\n"
+            "from semdpo_core.methods import Method, register\nfrom semdpo_core.losses import dpo_logits\n"
+            "import semdpo_core.preference.methods as new, semdpo_core.preference.losses as losses\n"
+            "assert register is new.register and Method is new.Method and dpo_logits is losses.dpo_logits\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "semdpo_core.methods moved to semdpo_core.preference.methods" in result.stdout
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:

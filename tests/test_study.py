@@ -176,10 +176,12 @@ def test_a_bad_spec_names_its_file_and_field(tmp_path):
 
 
 def small_spec(tmp_path: Path) -> Path:
-    """2 seeds x 2 doses x 2 arms on a small world (an SFT of one epoch: its numbers mean nothing)."""
+    """2 seeds x 2 doses x 2 arms on a small world (an SFT of three epochs, sampled at 0.7 so that most
+    samples keep their prompt's content and can be dosed; its numbers mean nothing)."""
     spec = {"name": "small", "base": str(ROOT / "configs" / "world.yaml"),
-            "set": ["data.max_train_prompts=48", "data.max_test_prompts=6", "shard_size=24", "sft.epochs=1",
-                    "sft.check_pairs=32", "train.epochs=1", f"store={tmp_path / 'store'}"],
+            "set": ["data.max_train_prompts=48", "data.max_test_prompts=6", "shard_size=24", "sft.epochs=3",
+                    "sft.check_pairs=32", "candidates.temperature=0.7", "train.epochs=1",
+                    f"store={tmp_path / 'store'}"],
             "seeds": [0, 1], "doses": [{"kind": "replace", "share": 0.0}, {"kind": "replace", "share": 0.5}],
             "arms": {"dpo": {"method": "dpo"}, "sem_dpo": {"method": "sem_dpo"}}, "baseline": "dpo",
             "statistics": {"resamples": 200}}
