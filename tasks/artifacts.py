@@ -30,7 +30,7 @@ from semdpo_core.stages.evaluate import (
 from semdpo_core.stages.report.document import Report
 from semdpo_core.stages.report.markdown import tables_markdown
 from semdpo_core.store.artifact_store import ArtifactStore, DatasetRef
-from semdpo_core.study.study_report import StudySummary, figure_markdown
+from semdpo_core.study.study_report import StudySummary, figure_caption, figure_markdown
 from semdpo_core.study.study_report import markdown as study_markdown
 
 log = logging.getLogger("semdpo.stages")
@@ -176,9 +176,9 @@ def publish_study(store: ArtifactStore, ref: DatasetRef) -> None:
     """The study's report (`semdpo-study`), its figure inline; a view, never a failure."""
     try:
         summary = StudySummary.model_validate_json(store.read_file(ref, "report.json"))
-        png = store.read_file(ref, "figure.png")
-        uri = f"data:image/png;base64,{base64.b64encode(png).decode()}"
-        text = study_markdown(summary) + figure_markdown(summary.spec, uri)
+        figure = image_markdown(store.read_file(ref, "figure.png"), figure_caption(summary.spec),
+                                store.file_url(ref, "figure.png"))
+        text = study_markdown(summary) + figure_markdown(figure)
         create_markdown_artifact(key="semdpo-study", markdown=text, description=f"study {ref}")
     except Exception as e:  # a view only: the study's results are in the store
         log.warning("could not publish the study artifact: %s", e)

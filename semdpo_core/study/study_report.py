@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel
 
+from semdpo_core.stages.report.tables import DISTANCE
 from semdpo_core.study.seed_statistics import dose_slope, paired_difference
 from semdpo_core.study.spec import StudySpec
 
 LOSES = "loses_content"
-DISTANCE = "semantic_distance"
 
 
 class DoseRow(BaseModel):
@@ -227,9 +227,13 @@ def markdown(summary: StudySummary) -> str:
     return "\n".join(out) + "\n"
 
 
-def figure_markdown(spec: StudySpec, image: str) -> str:
-    """The figure's section; `image` is where the PNG is (a file beside report.md, or a data URI)."""
-    return f"\n## Figure\n\n![{spec.primary}: each arm minus {spec.baseline} against the dose]({image})\n"
+def figure_caption(spec: StudySpec) -> str:
+    return f"{spec.primary}: each arm minus {spec.baseline} against the dose"
+
+
+def figure_markdown(image: str) -> str:
+    """The figure's section around `image`, the figure as markdown (a link or the PNG inline)."""
+    return f"\n## Figure\n\n{image}\n"
 
 
 def run_seconds(rows: pa.Table) -> float:
@@ -241,6 +245,6 @@ def run_seconds(rows: pa.Table) -> float:
 def report_files(rows: pa.Table, spec: StudySpec, runs: int) -> dict[str, bytes]:
     """report.md, report.json and figure.png."""
     summary = summarise(rows, spec, runs)
-    return {"report.md": (markdown(summary) + figure_markdown(spec, "figure.png")).encode(),
+    return {"report.md": (markdown(summary) + figure_markdown(f"![{figure_caption(spec)}](figure.png)")).encode(),
             "report.json": summary.model_dump_json(indent=2).encode(),
             "figure.png": figure_png(summary)}
