@@ -10,7 +10,7 @@ from semdpo_core.pipeline.config import TrainConfig, load_config
 from semdpo_core.pipeline.plan import plan_pipeline
 from semdpo_core.preference.optim import warmup_then_linear_decay
 from semdpo_core.stages.reference import reference_logps
-from semdpo_core.stages.train import PreferenceData, train_preference
+from semdpo_core.stages.train import PreferenceData, kish_effective_size, train_preference
 
 CPU = torch.device("cpu")
 DATA = PreferenceData(
@@ -75,9 +75,12 @@ def test_method_specific_metrics(reference):
     _, hard = train("hard_filter", reference)
     _, beta = train("beta_dpo", reference)
     weights = torch.exp(-4.0 * torch.tensor(DATA.semantic_distance))
-    assert sum(h["effective_batch"] for h in sem) == pytest.approx(2 * weights.sum().item(), rel=1e-6)
-    assert sum(h["effective_batch"] for h in hard) == 2 * 7  # d = 0.05 i <= 0.32 for pairs 0..6, twice (2 epochs)
-    assert all(h["effective_batch"] == 3 for h in beta)  # rho = 0.8 of 4 pairs
+    assert sum(h["mean_weight"] for h in sem) * 4 == pytest.approx(2 * weights.sum().item(), rel=1e-6)
+    # unequal weights are worth fewer than the step's 4 pairs, never fewer than one
+    assert all(1 < h["effective_sample_size"] < 4 for h in sem)
+    # 0/1 weights are worth the pairs they keep: d = 0.05 i <= 0.32 for pairs 0..6, twice (2 epochs)
+    assert sum(h["effective_sample_size"] for h in hard) == pytest.approx(2 * 7)
+    assert all(h["effective_sample_size"] == pytest.approx(3) for h in beta)  # rho = 0.8 of 4 pairs
     assert len({round(h["beta"], 9) for h in beta}) > 1  # beta changes from batch to batch
 
 
@@ -180,3 +183,11 @@ def test_with_dropout_in_the_model_the_policy_starts_exactly_at_the_reference(re
     assert {m.p for m in trained.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
     kept, _ = train("dpo", reference, dropout=True)
     assert {m.p for m in kept.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+
+
+def test_kish_effective_size():
+    assert kish_effective_size(torch.ones(8)) == pytest.approx(8)
+    assert kish_effective_size(0.5 * torch.ones(8)) == pytest.approx(8)  # a constant factor is invisible
+    assert kish_effective_size(torch.tensor([1.0, 0.0, 0.0, 0.0])) == pytest.approx(1)
+    assert kish_effective_size(torch.tensor([1.0, 1.0, 0.5, 0.5])) == pytest.approx(9 / 2.5)  # (3)^2 / 2.5
+    assert kish_effective_size(torch.zeros(4)) == 0.0

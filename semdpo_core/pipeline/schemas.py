@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 PROMPTS = pa.schema(
     [
@@ -93,7 +93,7 @@ TRAIN_LOG = pa.schema(
         ("reward_margin", pa.float64()),  # beta * mean log-ratio margin
         ("accuracy", pa.float64()),  # share of pairs with a positive margin
         ("mean_weight", pa.float64()),  # mean per-pair weight (Sem-DPO's W; 1 or 0 for the filter)
-        ("effective_batch", pa.float64()),  # sum of the step's pair weights
+        ("effective_sample_size", pa.float64()),  # Kish's (sum W)^2 / sum W^2 over the step's pairs
         ("beta", pa.float64()),  # the beta used (beta-DPO's changes per batch)
         ("learning_rate", pa.float64()),
     ]

@@ -55,7 +55,7 @@ class PairBatch:
 @dataclass(frozen=True)
 class LossOutput:
     """What a method's loss gives for a micro-batch: the per-pair loss (the trainer averages), each
-    pair's weight (logged as mean weight and effective batch; None: all 1), and the beta it used."""
+    pair's weight (logged as mean weight and Kish's effective sample size; None: all 1), and the beta it used."""
 
     losses: torch.Tensor
     weights: torch.Tensor | None = None

@@ -75,10 +75,9 @@ def semantic_weights(method: Method, data: PreferenceData, settings: Any, label:
         return None
     distances = torch.tensor(data.semantic_distance, dtype=torch.float64)
     weights = method.pair_weights(distances, settings).double()
-    effective = weights.sum().item()
-    log.info("%s: %d pairs, mean weight %.3f, effective pairs %.1f (distance median %.3f)",
-             label, len(weights), weights.mean().item(), effective, distances.median().item())
-    if effective < 0.01 * len(weights):
+    log.info("%s: %d pairs, mean weight %.3f, Kish effective size %.1f (distance median %.3f)",
+             label, len(weights), weights.mean().item(), kish_effective_size(weights), distances.median().item())
+    if weights.sum().item() < 0.01 * len(weights):
         log.warning("%s keeps under 1%% of the pairs' weight: %s", label, method.weight_hint)
     return weights
 
@@ -224,19 +223,29 @@ def check_inputs(method: Method, data: PreferenceData, reference: ReferenceLogps
         raise ValueError(f"{method.name} needs each pair's fidelity margin (the fidelity stage)")
 
 
+def kish_effective_size(weights: torch.Tensor) -> float:
+    """Kish's effective sample size (sum W)^2 / sum W^2: how many equally weighted pairs the
+    weights are worth. A constant factor leaves it unchanged (AdamW is blind to one too); only the
+    weights' spread lowers it. 0 when every weight is 0."""
+    squares = (weights * weights).sum().item()
+    return weights.sum().item() ** 2 / squares if squares > 0 else 0.0
+
+
 def step_metrics(step: int, micro_batches: list[tuple[PairBatch, Any, float]], beta: float,
                  lr: float) -> dict[str, float]:
     """One optimizer step's log: its loss, DPO's reward margin and accuracy, the pairs' mean
-    weight and their sum (effective batch), the beta used and the learning rate."""
+    weight and Kish's effective sample size of the weights, the beta used and the learning rate."""
     margin = torch.cat([log_ratio_margin(b).detach().double().cpu() for b, _, _ in micro_batches])
     weight = torch.cat([(out.weights if out.weights is not None
                          else torch.ones_like(b.chosen_logps)).detach().double().cpu()
                         for b, out, _ in micro_batches])
     last = micro_batches[-1][1]
     return {
-        "step": step, "loss": sum(loss for _, _, loss in micro_batches), "reward_margin": beta * margin.mean().item(),
+        "step": step, "loss": sum(loss for _, _, loss in micro_batches),
+        "reward_margin": beta * margin.mean().item(),
         "accuracy": (margin > 0).double().mean().item(), "mean_weight": weight.mean().item(),
-        "effective_batch": weight.sum().item(), "beta": float(last.beta if last.beta is not None else beta),
+        "effective_sample_size": kish_effective_size(weight),
+        "beta": float(last.beta if last.beta is not None else beta),
         "learning_rate": lr,
     }
 
@@ -310,7 +319,7 @@ def preference_data(ctx: StageContext, method: Method) -> tuple[PreferenceData, 
     )
 
 
-TRACKED = ("loss", "reward_margin", "accuracy", "mean_weight", "effective_batch", "beta", "learning_rate")
+TRACKED = ("loss", "reward_margin", "accuracy", "mean_weight", "effective_sample_size", "beta", "learning_rate")
 
 
 @contextlib.contextmanager

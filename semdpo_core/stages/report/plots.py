@@ -67,7 +67,7 @@ def _png(fig: Any, **labels: str) -> bytes:
     return buffer.getvalue()
 
 
-CURVES = ("loss", "reward_margin", "accuracy", "mean_weight", "effective_batch", "learning_rate")
+CURVES = ("loss", "reward_margin", "accuracy", "mean_weight", "effective_sample_size", "learning_rate")
 
 
 def smoothed(values: list[float], window: int) -> list[float]:

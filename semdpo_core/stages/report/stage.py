@@ -108,7 +108,8 @@ def report_stage(ctx: StageContext) -> Output:
         plots["training-curves.png"], window = training_curves_png(logs)
         report.plots["training-curves.png"] = (
             "training curves: loss, reward margin (beta x log-ratio margin), reward accuracy, mean semantic weight, "
-            f"effective batch (sum of the step's pair weights) and learning rate per optimizer step, a line per run, "
+            "Kish's effective sample size of the step's pair weights ((sum W)^2 / sum W^2) and learning rate "
+            f"per optimizer step, a line per run, "
             f"each a moving average over {window} steps")
     links = {name: f"plots/{name}" for name in plots}  # beside report.md in the dataset's files
     files = {f"plots/{name}": data for name, data in plots.items()}
