@@ -111,7 +111,7 @@ def study_rows(values: dict[tuple[str, float, int, str], dict[str, float]]) -> p
     from semdpo_core.study.measure import STUDY_ROWS
 
     rows = [dict(run_index=0, seed=seed, kind=kind, share=share, arm=arm, run=arm, dataset="d", prompt_id=pid,
-                 scores=[("alignment", v), ("aesthetic", 0.0), ("pick", 0.0)], loses_content=v < 0.5,
+                 scores=[("alignment", v), ("aesthetic", 0.0), ("pick", 0.0)], loses_content=v < 0.5, loops=False,
                  semantic_distance=0.1, chosen_loses_content=share / 10, chosen_injected=share / 5, run_seconds=1.0)
             for (kind, share, seed, arm), by_prompt in values.items() for pid, v in by_prompt.items()]
     return pa.Table.from_pylist(rows, schema=STUDY_ROWS)
@@ -145,6 +145,55 @@ def test_the_study_summary_pairs_prompts_by_key_and_shares_dose_zero_across_kind
     values[("append", 0.5, 1, "sem_dpo")] = {"a": 0.4, "c": 0.6}  # evaluated on another prompt: refused
     with pytest.raises(ValueError, match="different test prompts"):
         summarise(study_rows(values), spec, runs=6)
+
+
+def test_a_loop_is_a_short_phrase_three_times_back_to_back():
+    from semdpo_core.study.measure import loops
+
+    assert loops("a red fox in the desert, lush, lush, lush")
+    assert loops("a fox oil painting oil painting oil painting")
+    assert not loops("one fox and one fox, detailed")  # twice is not a loop
+    assert not loops("a red fox in the desert, lush, vivid colors, detailed")
+
+
+def test_collapsed_seeds_loop_or_fall_far_below_the_reference():
+    from semdpo_core.study.study_report import markdown, summarise
+
+    spec = StudySpec(seeds=[0, 1, 2], doses=[{"share": 0}],
+                     arms={"sft": {"method": "sft"}, "dpo": {"method": "dpo"},
+                           "fast": {"method": "dpo", "set": ["train.learning_rate=1e-3"]}},
+                     baseline="sft", collapse={"reference": "sft", "loops": 0.5, "drop": 0.3},
+                     statistics={"resamples": 200})
+    values = {}
+    for seed in (0, 1, 2):
+        values[("replace", 0.0, seed, "sft")] = {"a": 0.9, "b": 0.9}
+        values[("replace", 0.0, seed, "dpo")] = {"a": 0.8, "b": 0.8}  # 0.1 below: kept
+        values[("replace", 0.0, seed, "fast")] = {"a": 0.5, "b": 0.55} if seed == 2 else {"a": 0.9, "b": 0.9}
+    rows = study_rows(values).to_pylist()
+    for r in rows:  # seed 1's fast run loops on both prompts, seed 0's on one (a share of 0.5)
+        r["loops"] = r["arm"] == "fast" and (r["seed"] == 1 or (r["seed"] == 0 and r["prompt_id"] == "a"))
+    from semdpo_core.study.measure import STUDY_ROWS
+
+    summary = summarise(pa.Table.from_pylist(rows, schema=STUDY_ROWS), spec, runs=6)
+    collapsed = {c.arm: c for c in summary.collapses}
+    assert set(collapsed) == {"dpo", "fast"}  # the reference is not judged against itself
+    assert collapsed["dpo"].collapsed == []
+    assert collapsed["fast"].collapsed == [0, 1, 2]  # 0: half its rewrites loop; 1: all; 2: 0.375 below sft
+    assert collapsed["fast"].loops == pytest.approx([0.5, 1.0, 0.0])
+    assert collapsed["fast"].drop == pytest.approx([0.0, 0.0, 0.375])
+    assert "| replace | 0 | fast | 3 of 3: 0, 1, 2 |" in markdown(summary)
+
+
+def test_sft_arms_are_evaluated_not_trained():
+    spec = StudySpec(seeds=[0], doses=[{"share": 0}], arms={"sft": {"method": "sft"}, "dpo": {"method": "dpo"}},
+                     baseline="sft")
+    assert [r.overrides[-1] for r in spec.runs()] == ["train.methods=[dpo]"]
+    with pytest.raises(ValueError, match="train nothing"):
+        StudySpec(seeds=[0], doses=[{"share": 0}], baseline="sft",
+                  arms={"sft": {"method": "sft"}, "dpo": {"method": "dpo", "set": ["train.learning_rate=1e-3"]}})
+    with pytest.raises(ValueError, match="collapse.reference 'human'"):
+        StudySpec(seeds=[0], doses=[{"share": 0}], arms={"sft": {"method": "sft"}, "dpo": {"method": "dpo"}},
+                  baseline="sft", collapse={"reference": "human"})
 
 
 # ------------------------------------------------------------------------------------- the spec

@@ -4,7 +4,8 @@ word of their prompt).
 
 Endpoints per test prompt, every image scored against the ORIGINAL prompt: alignment (primary),
 the preference scores, whether the rewrite loses or replaces a content word of the prompt (the
-world knows its content words), and the MiniLM distance (a secondary figure: it grows with
+world knows its content words), whether it ends in a repeated-word loop (a collapsed rewriter),
+and the MiniLM distance (a secondary figure: it grows with
 appended style words alone).
 """
 
@@ -34,6 +35,7 @@ STUDY_ROWS = pa.schema(
         ("prompt_id", pa.string()),
         ("scores", pa.map_(pa.string(), pa.float64())),  # metric -> the image against the original prompt
         ("loses_content", pa.bool_()),  # the rewrite drops or replaces a content word of the prompt
+        ("loops", pa.bool_()),  # the rewrite repeats a word or phrase back to back (a collapsed rewriter)
         ("semantic_distance", pa.float64()),
         ("chosen_loses_content", pa.float64()),  # the measured dose: share of chosen rewrites losing content
         ("chosen_injected", pa.float64()),  # share of chosen rewrites that are the injected candidate
@@ -46,6 +48,22 @@ def loses_content(prompt: str, rewrite: str) -> bool:
     """Whether the rewrite no longer names every content word of the prompt (object, count,
     colour, size, setting)."""
     return not content_words(prompt) <= content_words(rewrite)
+
+
+LOOP_REPEATS = 3  # a phrase said this many times back to back is a loop
+LOOP_PHRASE = 3  # of at most this many words ("lush lush lush", "oil painting oil painting oil painting")
+
+
+def loops(rewrite: str) -> bool:
+    """Whether the rewrite repeats a phrase of 1-3 words three times back to back: the
+    repeated-word loops a preference-trained rewriter collapses into."""
+    words = rewrite.lower().replace(",", " ").split()
+    for n in range(1, LOOP_PHRASE + 1):
+        for i in range(len(words) - LOOP_REPEATS * n + 1):
+            phrase = words[i:i + n]
+            if all(words[i + k * n:i + (k + 1) * n] == phrase for k in range(1, LOOP_REPEATS)):
+                return True
+    return False
 
 
 def measured_dose(pairs: pa.Table) -> tuple[float, float]:
@@ -88,7 +106,7 @@ def run_rows(store: ArtifactStore, plan: Plan, run: StudyRun, arms: dict[str, st
                 run_index=run.index, seed=run.seed, kind=run.dose.kind, share=run.dose.share, arm=arm, run=label,
                 dataset=row["dataset"],
                 prompt_id=row["prompt_id"], scores=[(m, scores[m]) for m in metrics],
-                loses_content=loses_content(row["prompt"], row["rewrite"]),
+                loses_content=loses_content(row["prompt"], row["rewrite"]), loops=loops(row["rewrite"]),
                 semantic_distance=row["semantic_distance"], chosen_loses_content=dose, chosen_injected=injected,
                 run_seconds=seconds,
             ))

@@ -14,7 +14,7 @@ from semdpo_core.pipeline.config import ConfigError, PipelineConfig, load_config
 from semdpo_core.pipeline.plan import Plan, plan_pipeline
 from semdpo_core.preference.methods import get_method
 from semdpo_core.store.artifact_store import DatasetRef, fingerprint
-from semdpo_core.study.spec import StudyRun, StudySpec
+from semdpo_core.study.spec import UNTRAINED, StudyRun, StudySpec
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def check_arms(config: PipelineConfig, arms: dict[str, str], where: str) -> None
     """Before anything runs: each arm is one evaluated run, and the shuffled control shuffles
     Sem-DPO's own weights (the same alpha)."""
     alpha = config.train.alpha
-    if isinstance(alpha, list) and any(get_method(m).sweeps_alpha for m in arms.values()):
+    if isinstance(alpha, list) and any(get_method(m).sweeps_alpha for m in arms.values() if m not in UNTRAINED):
         raise ConfigError(f"study run {where}: train.alpha is a list, so Sem-DPO is several runs; an arm is one run "
                           "(give one alpha, or auto to choose one on validation)")
     if "sem_dpo_shuffled" in arms.values() and alpha != config.train.sem_dpo_shuffled.alpha:

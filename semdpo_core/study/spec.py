@@ -1,9 +1,10 @@
 """A study's specification: a grid of ordinary pipeline configs (seeds x doses x arms) from one base
 config, read from a YAML file (`configs/drift_study.yaml`), and the runs it plans.
 
-An arm is a training run compared with the baseline arm, paired within a seed and a dose. Arms
-that share their config overrides are trained in one pipeline run (one config, several
-`train.methods`); an arm with overrides of its own (DPO at another learning rate) is a run of its
+An arm is a training run compared with the baseline arm, paired within a seed and a dose (or
+`sft`/`human`, which every run evaluates without training them). Arms that share their config
+overrides are trained in one pipeline run (one config, several `train.methods`); an arm with
+overrides of its own (DPO at another learning rate) is a run of its
 own. Every run of one seed shares the prompts and the SFT rewriter through the store's content
 addressing; each dose samples the seed's candidates again from the same seeds (the same samples
 on one machine) and adds its own.
@@ -46,6 +47,19 @@ class Arm(BaseModel):
     set: tuple[str, ...] = ()
 
 
+UNTRAINED = ("sft", "human")  # evaluated in every run, trained by none
+
+
+class Collapse(BaseModel):
+    """When a seed's rewriter counts as collapsed: it loops, or falls far below a reference arm on
+    the primary endpoint (the world's learning-rate rule, configs/world_learning_rate.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reference: str = "sft"  # the arm a collapsed run falls far below
+    loops: float = Field(0.1, gt=0, le=1)  # a seed whose share of looping test rewrites is at least this
+    drop: float = Field(0.3, gt=0)  # or whose primary endpoint is more than this below the reference's
+
+
 class Statistics(BaseModel):
     """How the study's intervals are drawn: a bootstrap over seeds, prompts resampled within each."""
 
@@ -84,6 +98,7 @@ class StudySpec(BaseModel):
     metrics: tuple[str, ...] = ("alignment", "aesthetic", "pick")
     primary: str = "alignment"
     statistics: Statistics = Statistics()
+    collapse: Collapse | None = None  # report, per arm and dose, the seeds that collapsed
 
     @model_validator(mode="after")
     def _names(self) -> StudySpec:
@@ -96,6 +111,12 @@ class StudySpec(BaseModel):
         if repeated:
             raise ValueError(f"doses {', '.join(repeated)} repeat a dose listed before them (share 0 is one dose "
                              "for every kind: list it once)")
+        if self.collapse is not None and self.collapse.reference not in self.arms:
+            raise ValueError(f"collapse.reference {self.collapse.reference!r} is not one of the arms")
+        for _, arms in self.groups():
+            if all(self.arms[a].method in UNTRAINED for a in arms):
+                raise ValueError(f"arms {', '.join(arms)} train nothing ({' and '.join(UNTRAINED)} are evaluated by "
+                                 "every run): give them the `set` of an arm that trains")
         for arm in self.arms.values():
             labels = [other for other, a in self.arms.items() if a.method == arm.method and a.set == arm.set]
             if len(labels) > 1:
@@ -115,7 +136,8 @@ class StudySpec(BaseModel):
         for seed in self.seeds:
             for dose in self.doses:
                 for overrides, arms in self.groups():
-                    methods = ", ".join(dict.fromkeys(self.arms[a].method for a in arms))
+                    methods = ", ".join(dict.fromkeys(self.arms[a].method for a in arms
+                                                      if self.arms[a].method not in UNTRAINED))
                     every = (*self.set, f"seed={seed}", *dose.overrides(), *overrides, f"train.methods=[{methods}]")
                     runs.append(StudyRun(index=len(runs), seed=seed, dose=dose, arms=tuple(arms), overrides=every))
         return runs

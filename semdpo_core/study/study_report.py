@@ -1,6 +1,7 @@
 """The study's report, from its rows (STUDY_ROWS): the measured dose, each arm's endpoints, each
 arm minus the baseline per dose (mean over seeds, interval, signed-rank test), the slope over
-doses, and a figure of the differences against the dose, a line per arm."""
+doses, the seeds whose rewriter collapsed (when the spec asks), and a figure of the differences
+against the dose, a line per arm."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from semdpo_core.study.seed_statistics import dose_slope, paired_difference
 from semdpo_core.study.spec import StudySpec
 
 LOSES = "loses_content"
+LOOPS = "loops"
 
 
 class DoseRow(BaseModel):
@@ -66,6 +68,18 @@ class SlopeRow(BaseModel):
     high: float
 
 
+class CollapseRow(BaseModel):
+    """An arm's seeds at one dose that collapsed: looping rewrites, or far below the reference arm."""
+
+    kind: str
+    share: float
+    arm: str
+    seeds: int
+    collapsed: list[int]  # the seeds
+    loops: list[float]  # per seed: share of test rewrites in a loop
+    drop: list[float]  # per seed: the reference's primary endpoint minus the arm's
+
+
 class StudySummary(BaseModel):
     """What report.json holds and the report's readers (markdown, the Prefect UI) read by attribute."""
 
@@ -76,12 +90,13 @@ class StudySummary(BaseModel):
     means: list[MeansRow] = []
     differences: list[DifferenceRow] = []
     slopes: list[SlopeRow] = []
+    collapses: list[CollapseRow] = []
 
 
 def value(row: dict[str, Any], metric: str) -> float:
-    """One row's value of an endpoint: a score, the content loss (0/1) or the MiniLM distance."""
-    if metric == LOSES:
-        return float(row[LOSES])
+    """One row's value of an endpoint: a score, the content loss or loop (0/1) or the MiniLM distance."""
+    if metric in (LOSES, LOOPS):
+        return float(row[metric])
     if metric == DISTANCE:
         return float(row[DISTANCE])
     return dict(row["scores"])[metric]
@@ -127,7 +142,7 @@ def summarise(rows: pa.Table, spec: StudySpec, runs: int) -> StudySummary:
     for share, kind, seed in groups:
         seeds_at[(share, kind)].append(seed)
     stats = spec.statistics
-    endpoints = [*spec.metrics, LOSES, DISTANCE]
+    endpoints = [*spec.metrics, LOSES, LOOPS, DISTANCE]
     out = StudySummary(spec=spec, runs=runs, run_seconds=run_seconds(rows))
     for kind in kinds_of(spec):
         per_seed_diffs: dict[str, dict[float, dict[int, float]]] = defaultdict(dict)
@@ -140,6 +155,8 @@ def summarise(rows: pa.Table, spec: StudySpec, runs: int) -> StudySummary:
             out.dose.append(DoseRow(kind=kind, share=share, seeds=len(seeds),
                                     chosen_loses_content=float(np.mean([r["chosen_loses_content"] for r in first])),
                                     chosen_injected=float(np.mean([r["chosen_injected"] for r in first]))))
+            if spec.collapse is not None:
+                out.collapses += collapse_rows(spec, kind, share, {s: groups[(*key, s)] for s in seeds})
             for arm in spec.arms:
                 means = {m: float(np.mean([np.mean(list(per_prompt(groups[(*key, s)], arm, m).values()))
                                            for s in seeds])) for m in endpoints}
@@ -160,6 +177,23 @@ def summarise(rows: pa.Table, spec: StudySpec, runs: int) -> StudySummary:
                 s = dose_slope(by_dose, stats.resamples, stats.confidence, stats.seed)
                 out.slopes.append(SlopeRow(kind=kind, arm=arm, metric=spec.primary, slope=s.slope, low=s.low,
                                            high=s.high))
+    return out
+
+
+def collapse_rows(spec: StudySpec, kind: str, share: float,
+                  rows_of: dict[int, list[dict[str, Any]]]) -> list[CollapseRow]:
+    """Per arm at one dose: each seed's share of looping rewrites and its fall below the reference
+    arm, and the seeds past either threshold."""
+    rule = spec.collapse
+    assert rule is not None
+    out = []
+    for arm in [a for a in spec.arms if a != rule.reference]:
+        loops = {s: float(np.mean(list(per_prompt(rows, arm, LOOPS).values()))) for s, rows in rows_of.items()}
+        drop = {s: float(np.mean(list(per_prompt(rows, rule.reference, spec.primary).values()))
+                         - np.mean(list(per_prompt(rows, arm, spec.primary).values()))) for s, rows in rows_of.items()}
+        collapsed = [s for s in rows_of if loops[s] >= rule.loops or drop[s] > rule.drop]
+        out.append(CollapseRow(kind=kind, share=share, arm=arm, seeds=len(rows_of), collapsed=collapsed,
+                               loops=list(loops.values()), drop=list(drop.values())))
     return out
 
 
@@ -208,7 +242,7 @@ def markdown(summary: StudySummary) -> str:
            "| kind | dose | seeds | chosen rewrites losing content | chosen = injected |", "|---|---|---|---|---|"]
     for d in summary.dose:
         out.append(f"| {d.kind} | {d.share:g} | {d.seeds} | {d.chosen_loses_content:.3f} | {d.chosen_injected:.3f} |")
-    metrics = [*spec.metrics, LOSES, DISTANCE]
+    metrics = [*spec.metrics, LOSES, LOOPS, DISTANCE]
     out += ["", "## Endpoints (mean over seeds of the mean over test prompts)", "",
             "| kind | dose | arm | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
     for m in summary.means:
@@ -224,6 +258,17 @@ def markdown(summary: StudySummary) -> str:
             "| kind | arm | slope | interval |", "|---|---|---|---|"]
     for s in summary.slopes:
         out.append(f"| {s.kind} | {s.arm} | {s.slope:+.4f} | [{s.low:+.4f}, {s.high:+.4f}] |")
+    if spec.collapse is not None:
+        rule = spec.collapse
+        out += ["", "## Collapsed seeds", "",
+                f"A seed collapsed when at least {rule.loops:.0%} of its test rewrites loop (a phrase of 1-3 words "
+                f"three times back to back) or its {p} is more than {rule.drop:g} below `{rule.reference}`'s.", "",
+                "| kind | dose | arm | collapsed seeds | looping rewrites (max over seeds) | "
+                f"{rule.reference} - arm (max over seeds) |", "|---|---|---|---|---|---|"]
+        for c in summary.collapses:
+            seeds = ", ".join(map(str, c.collapsed)) or "none"
+            out.append(f"| {c.kind} | {c.share:g} | {c.arm} | {len(c.collapsed)} of {c.seeds}: {seeds} | "
+                       f"{max(c.loops):.3f} | {max(c.drop):+.4f} |")
     return "\n".join(out) + "\n"
 
 
