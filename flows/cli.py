@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -305,6 +306,108 @@ def study(
 
 
 app.add_typer(data_app, name="data")
+
+human_app = typer.Typer(help="Human evaluation: a blinded pairwise study in the browser, from a finished run "
+                             "(the paper's Table 4).", no_args_is_help=True)
+app.add_typer(human_app, name="human-eval")
+StudyFolder = Annotated[Path, typer.Argument(help="the study's folder (written by `human-eval create`)")]
+DatabaseOption = Annotated[str | None, typer.Option(
+    "--database", help="SQLAlchemy URL of the votes (default: SQLite in the study's folder; "
+                       "postgresql://... needs `pip install psycopg[binary]`)")]
+
+
+@human_app.command("create")
+@one_line_errors
+def human_eval_create(
+    config: Annotated[str, typer.Argument(help="pipeline config YAML of a finished run (its evaluate stage done)")],
+    methods: Annotated[str, typer.Option(help="evaluated methods to compare, comma separated ('human': the "
+                                              "unmodified prompt); more than two: every pair")] = "sem_dpo,dpo",
+    prompts: Annotated[int, typer.Option(min=1, help="test prompts to sample, spread over the test sets")] = 20,
+    seed: Annotated[int, typer.Option(help="seed of the prompts' sample and the participants' orders")] = 0,
+    out: Annotated[Path | None, typer.Option(help="study folder (default: human-eval/CONFIG-NAME)")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Sample test prompts from a finished run and write a blinded pairwise study of its images."""
+    from semdpo_core.human_eval.design import create_study
+    from semdpo_core.pipeline.config import load_config
+    from semdpo_core.pipeline.plan import plan_pipeline
+    from semdpo_core.pipeline.schemas import EVALUATION
+    from semdpo_core.store.artifact_store import open_store
+
+    cfg = load_config(config, set_)
+    ref = plan_pipeline(cfg).ref("evaluate")
+    evaluation = open_store(cfg.store_root()).read_table(ref, EVALUATION)
+    folder = out or Path("human-eval") / cfg.name
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        study = create_study(evaluation, str(ref), names, prompts, seed, folder, name=cfg.name)
+    except (ValueError, FileExistsError) as e:
+        raise UserError(str(e)) from None
+    typer.echo(f"{len(study.items)} items ({prompts} prompts x {len(study.comparisons)} pairs of "
+               f"{', '.join(names)}) -> {folder}")
+    typer.echo(f"next: semdpo human-eval invite {folder} N, then semdpo human-eval serve {folder}")
+
+
+@human_app.command("invite")
+@one_line_errors
+def human_eval_invite(
+    folder: StudyFolder,
+    count: Annotated[int, typer.Argument(min=1, help="participants to invite")],
+    base_url: Annotated[str, typer.Option(help="where participants reach the server")] = "http://127.0.0.1:8000",
+    database: DatabaseOption = None,
+) -> None:
+    """Print one invitation link per new participant (each token is shown once and stored hashed)."""
+    from semdpo_core.human_eval.design import load_study
+    from semdpo_core.human_eval.votes import connect, database_url, invite
+
+    try:
+        study = load_study(folder)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    for number, token in invite(connect(database_url(folder, database)), study, count):
+        typer.echo(f"participant {number}: {base_url.rstrip('/')}/p/{token}")
+
+
+@human_app.command("serve")
+@one_line_errors
+def human_eval_serve(
+    folder: StudyFolder,
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 opens it to the network)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    database: DatabaseOption = None,
+) -> None:
+    """Serve the participants' page, and the live counts at /results (password: $SEMDPO_HUMAN_EVAL_PASSWORD)."""
+    import uvicorn
+
+    from semdpo_core.human_eval.app import PASSWORD_ENV, create_app
+
+    try:
+        web = create_app(folder, database)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    typer.echo(f"serving {folder} on http://{host}:{port}/ (results: /results, "
+               f"{'open with $' + PASSWORD_ENV if os.environ.get(PASSWORD_ENV) else 'closed: set $' + PASSWORD_ENV})")
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
+@human_app.command("report")
+@one_line_errors
+def human_eval_report(
+    folder: StudyFolder,
+    database: DatabaseOption = None,
+    out: Annotated[Path | None, typer.Option(help="report folder (default: FOLDER/report)")] = None,
+) -> None:
+    """The paper's table and tests from the votes so far: report.md, CSVs and a plot (and the
+    `semdpo-human-eval` artifact)."""
+    from flows.human_eval import human_eval_report as report_flow
+    from semdpo_core.human_eval.design import load_study
+
+    try:
+        load_study(folder)  # a missing study fails here, before Prefect starts
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    where = Path(report_flow(folder=str(folder), database=database, out=str(out) if out else None))
+    typer.echo(f"human study report: {where / 'report.md'}")
 
 
 @data_app.command("build")

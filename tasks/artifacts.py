@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import (
@@ -20,6 +21,9 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from semdpo_core.human_eval.report import RATES_CAPTION
+from semdpo_core.human_eval.report import markdown as human_eval_markdown
+from semdpo_core.human_eval.statistics import HumanSummary
 from semdpo_core.pipeline.schemas import EVALUATION, REPORT_SCORES
 from semdpo_core.stages.evaluate import (
     METRIC_COLUMNS,
@@ -170,6 +174,17 @@ def publish_report_artifacts(store: ArtifactStore, ref: DatasetRef) -> None:
         create_markdown_artifact(key=keys[name],
                                  markdown=image_markdown(png, caption, store.file_url(ref, f"plots/{name}")),
                                  description=caption)
+
+
+def publish_human_eval(folder: Path) -> None:
+    """A human study's report (`semdpo-human-eval`), its plot inline; a view, never a failure."""
+    try:
+        summary = HumanSummary.model_validate_json((folder / "report.json").read_text(encoding="utf-8"))
+        text = human_eval_markdown(summary) + "\n" + image_markdown((folder / "rates.png").read_bytes(), RATES_CAPTION,
+                                                                   str(folder / "rates.png"))
+        create_markdown_artifact(key="semdpo-human-eval", markdown=text, description=f"human study {folder}")
+    except Exception as e:  # a view only: the report's files are in the folder
+        log.warning("could not publish the human study artifact: %s", e)
 
 
 def publish_study(store: ArtifactStore, ref: DatasetRef) -> None:

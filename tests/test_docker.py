@@ -201,6 +201,13 @@ def test_make_env_writes_every_required_variable_and_keeps_an_existing_file(tmp_
     before = path.read_text()
     kept = make_env(path)
     assert kept.returncode == 1 and "exists" in kept.stderr and path.read_text() == before
+    older = "".join(line + "\n" for line in before.splitlines() if not line.startswith("SEMDPO_HUMAN_EVAL_PASSWORD="))
+    path.write_text(older)  # an .env from before the human study's password: the variable is added, the rest kept
+    added = make_env(path)
+    assert added.returncode == 0 and "added SEMDPO_HUMAN_EVAL_PASSWORD" in added.stdout
+    assert env_file(path) == {**{k: v for k, v in values.items() if k != "SEMDPO_HUMAN_EVAL_PASSWORD"},
+                              "SEMDPO_HUMAN_EVAL_PASSWORD": env_file(path)["SEMDPO_HUMAN_EVAL_PASSWORD"]}
+    assert env_file(path)["SEMDPO_HUMAN_EVAL_PASSWORD"] != values["SEMDPO_HUMAN_EVAL_PASSWORD"]
     assert make_env(path, "--force").returncode == 0
     assert set(env_file(path)) == set(values)
     assert all(env_file(path)[name] != value for name, value in values.items())  # fresh random values
