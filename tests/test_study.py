@@ -150,10 +150,12 @@ def test_the_study_summary_pairs_prompts_by_key_and_shares_dose_zero_across_kind
 def test_a_loop_is_a_short_phrase_three_times_back_to_back():
     from semdpo_core.study.measure import loops
 
-    assert loops("a red fox in the desert, lush, lush, lush")
-    assert loops("a fox oil painting oil painting oil painting")
+    assert loops("a red fox in the desert at sea at sea at sea")
+    assert loops("a fox at night sky at night sky at night sky, highly detailed")
+    assert loops("fox fox fox")
     assert not loops("one fox and one fox, detailed")  # twice is not a loop
-    assert not loops("a red fox in the desert, lush, vivid colors, detailed")
+    assert not loops("a red fox in the desert, soft focus, soft focus, soft focus")  # style only: the SFT's habit
+    assert not loops("a red fox in the desert, vivid colors, detailed")
 
 
 def test_collapsed_seeds_loop_or_fall_far_below_the_reference():

@@ -4,8 +4,8 @@ word of their prompt).
 
 Endpoints per test prompt, every image scored against the ORIGINAL prompt: alignment (primary),
 the preference scores, whether the rewrite loses or replaces a content word of the prompt (the
-world knows its content words), whether it ends in a repeated-word loop (a collapsed rewriter),
-and the MiniLM distance (a secondary figure: it grows with
+world knows its content words), whether it falls into a loop (a phrase naming more than style
+repeated back to back: a collapsed rewriter), and the MiniLM distance (a secondary figure: it grows with
 appended style words alone).
 """
 
@@ -21,7 +21,7 @@ from semdpo_core.stages.report.document import Report
 from semdpo_core.store.artifact_store import ArtifactStore
 from semdpo_core.study.spec import StudyRun
 from semdpo_core.world.drift import INJECTED_SUFFIX
-from semdpo_core.world.grammar import content_words
+from semdpo_core.world.grammar import STYLES, content_words
 
 STUDY_ROWS = pa.schema(
     [
@@ -35,7 +35,7 @@ STUDY_ROWS = pa.schema(
         ("prompt_id", pa.string()),
         ("scores", pa.map_(pa.string(), pa.float64())),  # metric -> the image against the original prompt
         ("loses_content", pa.bool_()),  # the rewrite drops or replaces a content word of the prompt
-        ("loops", pa.bool_()),  # the rewrite repeats a word or phrase back to back (a collapsed rewriter)
+        ("loops", pa.bool_()),  # the rewrite repeats a non-style phrase back to back (a collapsed rewriter)
         ("semantic_distance", pa.float64()),
         ("chosen_loses_content", pa.float64()),  # the measured dose: share of chosen rewrites losing content
         ("chosen_injected", pa.float64()),  # share of chosen rewrites that are the injected candidate
@@ -50,18 +50,23 @@ def loses_content(prompt: str, rewrite: str) -> bool:
     return not content_words(prompt) <= content_words(rewrite)
 
 
+ROWS_VERSION = 2  # in the study's fingerprint: 2 counts only loops that name more than style
 LOOP_REPEATS = 3  # a phrase said this many times back to back is a loop
-LOOP_PHRASE = 3  # of at most this many words ("lush lush lush", "oil painting oil painting oil painting")
+LOOP_PHRASE = 3  # of at most this many words ("at sea at sea at sea", "at night sky at night sky at night sky")
+STYLE_WORDS = frozenset(word for style in STYLES for word in style.name.split())
 
 
 def loops(rewrite: str) -> bool:
-    """Whether the rewrite repeats a phrase of 1-3 words three times back to back: the
-    repeated-word loops a preference-trained rewriter collapses into."""
+    """Whether the rewrite repeats a phrase of 1-3 words, not all style words, three times back to
+    back: the loops a preference-trained rewriter collapses into. A repeated style phrase ("soft
+    focus, soft focus, soft focus") is not one: the world's greedy SFT rewriters end most rewrites
+    that way (86% of them over 8 seeds)."""
     words = rewrite.lower().replace(",", " ").split()
     for n in range(1, LOOP_PHRASE + 1):
         for i in range(len(words) - LOOP_REPEATS * n + 1):
             phrase = words[i:i + n]
-            if all(words[i + k * n:i + (k + 1) * n] == phrase for k in range(1, LOOP_REPEATS)):
+            if not set(phrase) <= STYLE_WORDS and all(words[i + k * n:i + (k + 1) * n] == phrase
+                                                      for k in range(1, LOOP_REPEATS)):
                 return True
     return False
 

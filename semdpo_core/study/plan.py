@@ -14,6 +14,7 @@ from semdpo_core.pipeline.config import ConfigError, PipelineConfig, load_config
 from semdpo_core.pipeline.plan import Plan, plan_pipeline
 from semdpo_core.preference.methods import get_method
 from semdpo_core.store.artifact_store import DatasetRef, fingerprint
+from semdpo_core.study.measure import ROWS_VERSION
 from semdpo_core.study.spec import UNTRAINED, StudyRun, StudySpec
 
 
@@ -69,5 +70,5 @@ def plan_study(spec: StudySpec) -> StudyPlan:
                          "a study's runs share one store")
     # what the rows depend on; the name, baseline, primary endpoint and statistics shape only the report
     grid = spec.model_dump(mode="json", include={"base", "set", "seeds", "doses", "arms", "metrics"})
-    ref = fingerprint("study", {"grid": grid}, [p.plan.ref("evaluate") for p in planned])
+    ref = fingerprint("study", {"grid": grid, "rows": ROWS_VERSION}, [p.plan.ref("evaluate") for p in planned])
     return StudyPlan(spec, tuple(planned), ref)

@@ -261,8 +261,9 @@ def markdown(summary: StudySummary) -> str:
     if spec.collapse is not None:
         rule = spec.collapse
         out += ["", "## Collapsed seeds", "",
-                f"A seed collapsed when at least {rule.loops:.0%} of its test rewrites loop (a phrase of 1-3 words "
-                f"three times back to back) or its {p} is more than {rule.drop:g} below `{rule.reference}`'s.", "",
+                f"A seed collapsed when at least {rule.loops:.0%} of its test rewrites loop (a phrase of 1-3 words, "
+                f"not all style words, three times back to back) or its {p} is more than {rule.drop:g} below "
+                f"`{rule.reference}`'s.", "",
                 "| kind | dose | arm | collapsed seeds | looping rewrites (max over seeds) | "
                 f"{rule.reference} - arm (max over seeds) |", "|---|---|---|---|---|---|"]
         for c in summary.collapses:
