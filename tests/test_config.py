@@ -96,3 +96,16 @@ def test_every_setting_the_reference_stage_reads_changes_its_fingerprint():
 def test_evaluating_an_untrained_method_is_an_error():
     with pytest.raises(ConfigError, match=r"evaluate.methods \['dpo'\] are not in train.methods"):
         load_config(None, ["train.methods=[sem_dpo]", "evaluate.methods=[human, dpo]"])
+
+
+def test_a_cluster_with_a_store_on_this_machines_disk_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    cluster = ["runner.kind=ray", "runner.address=ray://head:10001"]
+    monkeypatch.setenv("SEMDPO_STORE", str(tmp_path / "store"))
+    with pytest.raises(ConfigError, match=r"runner.address 'ray://head:10001' is a Ray cluster, but the store "
+                                          r".*store' .* is a path on this machine's disk.*s3://.*runner.shared_store"):
+        load_config(None, cluster)
+    assert load_config(None, [*cluster, "store=s3://bucket/semdpo"]).runner.is_cluster()  # every node reaches S3
+    assert load_config(None, [*cluster, "runner.shared_store=true"]).runner.shared_store  # vouched for: a shared mount
+    assert not load_config(None, ["runner.kind=ray"]).runner.is_cluster()  # Ray started here: one disk
+    with pytest.raises(ConfigError, match="is a Ray cluster"):
+        load_config(None, ["runner.kind=ray", "runner.address=auto", f"store=file://{tmp_path}"])

@@ -212,7 +212,7 @@ class TrainConfig(Section):
         "alpha with the best normalised average on validation prompts held out from training")
     alpha_grid: list[float] = Field([1.0, 2.0, 4.0, 8.0, 15.0], min_length=2, description="the alphas auto tries")
     validation_prompts: int = Field(64, ge=1, description="training prompts held out to choose alpha (alpha: auto)")
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -354,6 +354,12 @@ class RunnerConfig(Section):
     gpus_per_shard: float = Field(1.0, ge=0, description="GPUs per Ray task (a shard, or a training run) "
                                                          "when CUDA is present")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray instance started here (None: all)")
+    shared_store: bool = Field(False, description="vouch that a store path on disk is mounted at the same place "
+                                                  "on every node of the cluster at `address` (NFS, Lustre, ...)")
+
+    def is_cluster(self) -> bool:
+        """Whether tasks may run on other machines: Ray at an address (a local Ray instance is not)."""
+        return self.kind == "ray" and self.address not in (None, "local")
 
 
 class PipelineConfig(Section):
@@ -400,6 +406,18 @@ class PipelineConfig(Section):
         if unknown:
             raise ValueError(f"report.normalise_over {unknown} name no method; choose from {', '.join(known)} "
                              "(a sweep's run as sem_dpo@alpha=2; null: every evaluated method)")
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_reaches_the_store(self) -> PipelineConfig:
+        root = self.store_root()
+        on_disk = "://" not in root or root.startswith("file://")
+        if self.runner.is_cluster() and on_disk and not self.runner.shared_store:
+            raise ValueError(
+                f"runner.address {self.runner.address!r} is a Ray cluster, but the store {root!r} (store, else "
+                "$SEMDPO_STORE) is a path on this machine's disk: the other nodes would write their shards to "
+                "their own disks. Use an s3:// store, or a path every node mounts at the same place and set "
+                "runner.shared_store: true")
         return self
 
     def backbone_configs(self) -> dict[str, PipelineConfig]:
