@@ -338,7 +338,8 @@ def test_the_cli_runs_a_study_from_a_finished_run(tmp_path, prefect_server):
         vote(client, tokens[0], position, "left")
     reported = cli.invoke(app, ["human-eval", "report", str(folder)])
     assert reported.exit_code == 0, reported.output
-    assert "9 votes from 1 participants" in (folder / "report" / "report.md").read_text()
+    report = (folder / "report" / "report.md").read_text()
+    assert "9 votes from 1 participant." in report and "the majority of the votes of 1 of 1 participant" in report
     with get_client(sync_client=True) as prefect:
         artifacts = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
             any_=["semdpo-human-eval"])))

@@ -124,7 +124,7 @@ def test_a_report_page_and_a_desktop_page_render(server, tmp_path):
         browser.send("Network.enable")
         browser.send("Network.setExtraHTTPHeaders", headers={"Authorization": f"Bearer {PASSWORD}"})
         browser.open(f"{server.url}/results")
-        assert "1 votes from 1 of 1 invited participants" in browser.text()
+        assert "Votes: 1, from 1 of 1 invited participants" in browser.text()
         browser.screenshot(shots / "results.png")
 
 

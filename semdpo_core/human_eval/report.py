@@ -19,10 +19,15 @@ def p_text(p: float | None) -> str:
     return "-" if p is None else f"{p:.3g}"
 
 
-def rank_line(test: SignedRank, first: str, what: str) -> str:
-    return (f"{test.majority_first} of {test.units} {what} preferred {first} on most of their comparisons "
-            f"({test.majority_second} the other; median rate {test.median_rate:.0%}); Wilcoxon signed-rank test of "
-            f"the rates against 50%: p = {p_text(test.p_value)}")
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def rank_line(test: SignedRank, first: str, second: str, what: str) -> str:
+    """The majorities over participants or prompts, and the signed-rank test of their rates."""
+    return (f"{first} had the majority of the votes of {test.majority_first} of {plural(test.units, what)}, "
+            f"{second} of {test.majority_second} (median rate for {first} {test.median_rate:.0%}); Wilcoxon "
+            f"signed-rank test of the rates against 50%: p = {p_text(test.p_value)}")
 
 
 def comparison_markdown(c: Comparison, confidence: float) -> list[str]:
@@ -32,8 +37,8 @@ def comparison_markdown(c: Comparison, confidence: float) -> list[str]:
            f"| {c.first} | {c.counts[c.first]} |", "",
            f"{c.first} preferred in {o.first} of {o.n} comparisons ({o.rate:.1%}; {confidence:.0%} Clopper-Pearson "
            f"interval [{o.low:.1%}, {o.high:.1%}]; two-sided binomial test against 50%: p = {o.p_value:.3g}).", "",
-           f"- Per participant: {rank_line(c.per_participant, c.first, 'participants')}.",
-           f"- Per prompt: {rank_line(c.per_prompt, c.first, 'prompts')}.", "",
+           f"- Per participant: {rank_line(c.per_participant, c.first, c.second, 'participant')}.",
+           f"- Per prompt: {rank_line(c.per_prompt, c.first, c.second, 'prompt')}.", "",
            "### Per participant", "", f"| participant | {c.first} | of | rate | binomial p |", "|---|---|---|---|---|"]
     out += [f"| {u.key} | {u.share.first} | {u.share.n} | {u.share.rate:.0%} | {u.share.p_value:.3g} |"
             for u in c.participants]
@@ -51,7 +56,7 @@ def majority(unit: Unit, c: Comparison) -> str:
 
 def markdown(summary: HumanSummary) -> str:
     out = [f"# Human study `{summary.study}`", "", f"Question asked: \"{summary.question}\"", "",
-           f"{summary.votes} votes from {summary.participants_voted} participants.", ""]
+           f"{plural(summary.votes, 'vote')} from {plural(summary.participants_voted, 'participant')}.", ""]
     for c in summary.comparisons:
         out += comparison_markdown(c, summary.confidence)
     return "\n".join(out)
