@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -70,18 +71,6 @@ def create_app(folder: Path, url: str | None = None, password: str | None = None
     app = FastAPI(title="semdpo human study", docs_url=None, redoc_url=None, openapi_url=None)
     add_error_pages(app)
 
-    def participant_of(token: str) -> Participant:
-        found = find_participant(engine, token)
-        if found is None:
-            raise HTTPException(404, "This invitation link is not known. Check that you opened the whole link "
-                                     "you were sent.")
-        return found
-
-    def position_of(participant: Participant, position: str) -> int:
-        if not position.isdigit() or int(position) >= len(participant.assignment.items):
-            raise HTTPException(404, "There is no such item in your study.")
-        return int(position)
-
     @app.get("/", response_class=HTMLResponse)
     def home() -> HTMLResponse:
         return error_page(404, "Open the invitation link you were sent to take part.")
@@ -92,7 +81,7 @@ def create_app(folder: Path, url: str | None = None, password: str | None = None
 
     @app.get("/p/{token}", response_class=HTMLResponse)
     def item_page(token: str) -> HTMLResponse:
-        participant = participant_of(token)
+        participant = participant_of(engine, token)
         items = participant.assignment.items
         done = answered(engine, participant.number)
         position = next((i for i, item in enumerate(items) if item not in done), None)
@@ -104,7 +93,7 @@ def create_app(folder: Path, url: str | None = None, password: str | None = None
 
     @app.get("/p/{token}/image/{position}/{side}")
     def image(token: str, position: str, side: str) -> FileResponse:
-        participant = participant_of(token)
+        participant = participant_of(engine, token)
         index = position_of(participant, position)
         if side not in SIDES:
             raise HTTPException(404, "There is no such image.")
@@ -116,20 +105,8 @@ def create_app(folder: Path, url: str | None = None, password: str | None = None
     @app.post("/p/{token}/vote")
     async def vote(token: str, request: Request) -> Response:
         form = await read_form(request)
-        return await run_in_threadpool(record, token, form)  # the database is blocking: off the event loop
-
-    def record(token: str, form: dict[str, str]) -> Response:
-        participant = participant_of(token)
-        position = position_of(participant, form.get("position", ""))
-        side = form.get("choice", "")
-        if side not in SIDES:
-            raise HTTPException(400, "Choose the left or the right image.")
-        item = participant.assignment.items[position]
-        if not record_vote(engine, participant.number, item, side, shown_letter(participant, position, side)):
-            if answered(engine, participant.number)[item] != side:
-                raise HTTPException(409, "You already answered this item; your first answer is kept. "
-                                         f"Continue at /p/{token}.")
-        return RedirectResponse(f"/p/{token}", status_code=303)
+        # the database is blocking: off the event loop
+        return await run_in_threadpool(record_answer, engine, token, form)
 
     @app.get("/results", response_class=HTMLResponse)
     def results(request: Request) -> HTMLResponse:
@@ -140,8 +117,39 @@ def create_app(folder: Path, url: str | None = None, password: str | None = None
                     invited=participant_count(engine), items=len(study.items), comparisons=summary.comparisons,
                     confidence=summary.confidence, progress=counts)
 
-    app.state.study, app.state.engine = study, engine
     return app
+
+
+def participant_of(engine: Engine, token: str) -> Participant:
+    """The participant a token belongs to; an unknown token is a 404 page."""
+    found = find_participant(engine, token)
+    if found is None:
+        raise HTTPException(404, "This invitation link is not known. Check that you opened the whole link "
+                                 "you were sent.")
+    return found
+
+
+def position_of(participant: Participant, position: str) -> int:
+    """A position in the participant's own items; anything else is a 404 page."""
+    if not position.isdigit() or int(position) >= len(participant.assignment.items):
+        raise HTTPException(404, "There is no such item in your study.")
+    return int(position)
+
+
+def record_answer(engine: Engine, token: str, form: dict[str, str]) -> Response:
+    """Commit a participant's answer, then send them on to their next item; the same answer again
+    is stored once, another answer to an answered item is a 409 page."""
+    participant = participant_of(engine, token)
+    position = position_of(participant, form.get("position", ""))
+    side = form.get("choice", "")
+    if side not in SIDES:
+        raise HTTPException(400, "Choose the left or the right image.")
+    item = participant.assignment.items[position]
+    if not record_vote(engine, participant.number, item, side, shown_letter(participant, position, side)):
+        if answered(engine, participant.number)[item] != side:
+            raise HTTPException(409, "You already answered this item; your first answer is kept. "
+                                     f"Continue at /p/{token}.")
+    return RedirectResponse(f"/p/{token}", status_code=303)
 
 
 def shown_letter(participant: Participant, position: int, side: str) -> str:
