@@ -24,13 +24,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from semdpo_core.data.hub_datasets import DatasetLoadError
     from semdpo_core.data.prompt_sources import PromptFileError
     from semdpo_core.export import RunNotTrained
+    from semdpo_core.human_eval.design import StudyMissing
     from semdpo_core.models.loading import ModelNotFound
     from semdpo_core.pipeline.config import ConfigError
     from semdpo_core.store.artifact_store import CorruptArtifact, DatasetMissing
     from semdpo_core.store.backends import StoreError
 
     return (UserError, ConfigError, PromptFileError, ModelNotFound, StoreError, CorruptArtifact, DatasetMissing,
-            RunNotTrained, DatasetLoadError)
+            RunNotTrained, DatasetLoadError, StudyMissing)
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -360,10 +361,7 @@ def human_eval_invite(
     from semdpo_core.human_eval.design import load_study
     from semdpo_core.human_eval.votes import connect, database_url, invite
 
-    try:
-        study = load_study(folder)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    study = load_study(folder)
     for number, token in invite(connect(database_url(folder, database)), study, count):
         typer.echo(f"participant {number}: {base_url.rstrip('/')}/p/{token}")
 
@@ -381,10 +379,7 @@ def human_eval_serve(
 
     from semdpo_core.human_eval.app import PASSWORD_ENV, create_app
 
-    try:
-        web = create_app(folder, database)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    web = create_app(folder, database)
     typer.echo(f"serving {folder} on http://{host}:{port}/ (results: /results, "
                f"{'open with $' + PASSWORD_ENV if os.environ.get(PASSWORD_ENV) else 'closed: set $' + PASSWORD_ENV})")
     uvicorn.run(web, host=host, port=port, log_level="warning")
@@ -402,10 +397,7 @@ def human_eval_report(
     from flows.human_eval import human_eval_report as report_flow
     from semdpo_core.human_eval.design import load_study
 
-    try:
-        load_study(folder)  # a missing study fails here, before Prefect starts
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    load_study(folder)  # a missing study fails here, before Prefect starts
     where = Path(report_flow(folder=str(folder), database=database, out=str(out) if out else None))
     typer.echo(f"human study report: {where / 'report.md'}")
 

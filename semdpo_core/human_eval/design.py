@@ -130,11 +130,15 @@ def create_study(evaluation: pa.Table, source: str, methods: list[str], prompts:
     return study
 
 
+class StudyMissing(FileNotFoundError):
+    """No study in the folder a command was given."""
+
+
 def load_study(folder: Path) -> HumanStudy:
     """The study in a folder `semdpo human-eval create` wrote."""
     path = folder / STUDY_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: create the study first (semdpo human-eval create)")
+        raise StudyMissing(f"{path} does not exist: create the study first (semdpo human-eval create)")
     return HumanStudy.model_validate(json.loads(path.read_text(encoding="utf-8")))
 
 
