@@ -25,13 +25,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from semdpo_core.data.prompt_sources import PromptFileError
     from semdpo_core.export import RunNotTrained
     from semdpo_core.human_eval.design import StudyMissing
+    from semdpo_core.human_eval.votes import DatabaseUnavailable
     from semdpo_core.models.loading import ModelNotFound
     from semdpo_core.pipeline.config import ConfigError
     from semdpo_core.store.artifact_store import CorruptArtifact, DatasetMissing
     from semdpo_core.store.backends import StoreError
 
     return (UserError, ConfigError, PromptFileError, ModelNotFound, StoreError, CorruptArtifact, DatasetMissing,
-            RunNotTrained, DatasetLoadError, StudyMissing)
+            RunNotTrained, DatasetLoadError, StudyMissing, DatabaseUnavailable)
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -314,7 +315,7 @@ app.add_typer(human_app, name="human-eval")
 StudyFolder = Annotated[Path, typer.Argument(help="the study's folder (written by `human-eval create`)")]
 DatabaseOption = Annotated[str | None, typer.Option(
     "--database", help="SQLAlchemy URL of the votes (default: SQLite in the study's folder; "
-                       "postgresql://... needs `pip install psycopg[binary]`)")]
+                       "postgresql://... needs `pip install 'semdpo[postgres]'`)")]
 
 
 @human_app.command("create")

@@ -32,6 +32,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 
 from semdpo_core.human_eval.design import Assignment, HumanStudy, draw_assignment
 
@@ -65,12 +66,20 @@ def database_url(folder: Path, url: str | None) -> str:
     return url or f"sqlite:///{(folder / DATABASE_FILE).resolve()}"
 
 
+class DatabaseUnavailable(Exception):
+    """The votes' database cannot be used: its driver is not installed or its server not reached."""
+
+
 def connect(url: str) -> Engine:
     """An engine with the tables created; SQLite waits for a writer instead of failing and keeps a
     write-ahead log (a killed server loses no committed vote)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")  # psycopg 3, not psycopg2
-    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+    try:
+        engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+    except ModuleNotFoundError as e:
+        raise DatabaseUnavailable(f"the votes' database {url.split(':', 1)[0]}:... needs the driver {e.name!r}: "
+                                  "`pip install 'semdpo[postgres]'` for PostgreSQL") from None
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
         def _pragmas(connection, _record) -> None:  # noqa: ANN001
@@ -79,7 +88,12 @@ def connect(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-    metadata.create_all(engine)
+    try:
+        metadata.create_all(engine)
+    except OperationalError as e:
+        where, why = engine.url.render_as_string(hide_password=True), " ".join(str(e.orig).split())
+        raise DatabaseUnavailable(f"cannot reach the votes' database {where} ({why}); "
+                                  "start its server or give another --database") from None
     return engine
 
 
@@ -131,12 +145,14 @@ def answered(engine: Engine, participant: int) -> dict[str, str]:
 
 def record_vote(engine: Engine, participant: int, item: str, side: str, chosen: str) -> bool:
     """Insert the vote unless the participant already voted on the item; committed on return.
-    True when this call inserted it."""
+    True when this call inserted it (a row RETURNED: psycopg reports no rowcount for an insert
+    that SQLAlchemy gives a RETURNING clause)."""
     insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(votes)
-    statement = insert.values(participant=participant, item=item, side=side, chosen=chosen,
-                              voted_at=datetime.now(UTC)).on_conflict_do_nothing()
+    statement = (insert.values(participant=participant, item=item, side=side, chosen=chosen,
+                               voted_at=datetime.now(UTC))
+                 .on_conflict_do_nothing().returning(votes.c.item))
     with engine.begin() as db:
-        return db.execute(statement).rowcount == 1
+        return db.execute(statement).first() is not None
 
 
 def all_votes(engine: Engine) -> list[Vote]:
