@@ -137,6 +137,9 @@ def run_jobs(jobs: list[Job], runtime: Runtime, runner: RunnerConfig) -> dict[st
     store = open_store(runtime.store)
     unsharded = [job for job in jobs if job.stage.shards is None]
     checks = {job.label: store.check(job.ref) for job in unsharded}
+    # a checkpoint there before the run: it resumes (asked now, since every run leaves its last ones)
+    resumed = {job.label: any(store.checkpoint_steps(job.ref).values())
+               for job in unsharded if checks[job.label] != "done"}
     submissions = [(compute_output.with_options(name=job.task_name),
                     dict(job=job, runtime=runtime, done=checks[job.label] == "done")) for job in unsharded]
     todo = [(task, arguments) for task, arguments in submissions if not arguments["done"]]
@@ -148,6 +151,4 @@ def run_jobs(jobs: list[Job], runtime: Runtime, runner: RunnerConfig) -> dict[st
     else:
         for task, arguments in submissions:
             task(**arguments)
-    resumed = {job.label: any(store.checkpoint_steps(job.ref).values())
-               for job in unsharded if checks[job.label] != "done"}
     return states | {label: run_state(check, resumed.get(label, False)) for label, check in checks.items()}

@@ -71,6 +71,8 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> None:
 def test_runs_killed_mid_render_and_mid_training_resume_where_they_stopped(tmp_path):
     reference = write_config(tmp_path, "reference", str(tmp_path / "reference"))
     assert run_cli(reference).returncode == 0
+    record = json.loads(next((tmp_path / "reference" / "runs").glob("*/run.json")).read_text())
+    assert record["stages"]["train:dpo"]["state"] == "computed"  # its checkpoints came with this run
 
     config = write_config(tmp_path, "killed", str(tmp_path / "killed"))
     plan = plan_pipeline(load_config(config))
