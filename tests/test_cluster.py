@@ -1,4 +1,4 @@
-"""A real multi-node Ray cluster on this machine (issue 26): a head and two worker nodes made the
+"""A real multi-node Ray cluster on this machine (issue 26): a head and three worker nodes made the
 way Ray's own tests make them (`ray.cluster_utils.Cluster`), each node with its own model cache
 and temporary folder, the store on the S3 server, and `semdpo run` pointed at the head's address
 as a user would. Nodes are killed in the middle of the render stage and of a training run; the
@@ -23,24 +23,16 @@ from semdpo_core.pipeline.config import load_config
 from semdpo_core.pipeline.plan import plan_pipeline
 from semdpo_core.pipeline.schemas import TRAIN_LOG
 from semdpo_core.store.artifact_store import ArtifactStore
-from tests.small import tiny_profile
+from tests.small import merged
+from tests.test_ray_runner import digests, manifests
+from tests.test_resume import SMALL as RESUMABLE
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ["dpo", "sem_dpo"]
-# six render shards of a few seconds each, and training runs of 36 steps with a checkpoint at each:
-# long enough that a node dies with work in flight
-CONFIG = tiny_profile({
-    "shard_size": 2,
-    "data": {"max_train_prompts": 12, "max_test_prompts": 3},
-    "sft": {"epochs": 1},
-    "candidates": {"num_candidates": 2, "max_new_tokens": 12},
-    "render": {"num_inference_steps": 6},
-    "train": {"epochs": 3, "batch_size": 1, "checkpoint_every": 1, "methods": METHODS},
-    "evaluate": {"max_new_tokens": 12},
-    "device": "cpu",
-})
+# test_resume's run (six render shards of a few seconds each, training runs of 36 steps) with a
+# checkpoint at every step: long enough that a node dies with work in flight
+CONFIG = merged(RESUMABLE, {"train": {"checkpoint_every": 1}, "device": "cpu"})
 IDLE = ("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
@@ -137,16 +129,6 @@ def run_cli(config: Path, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, **kwargs)
 
 
-def digests(config: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
-    cfg = load_config(config)
-    store = ArtifactStore(cfg.store_root())
-    out = {}
-    for label, ref in plan_pipeline(cfg).outputs():
-        manifest = store.manifest(ref)
-        out[label] = ([p["sha256"] for p in manifest["parts"]], {f["name"]: f["sha256"] for f in manifest["files"]})
-    return out
-
-
 def test_nodes_killed_mid_render_and_mid_training_leave_the_run_byte_identical(tmp_path, s3_bucket, ray_cluster):
     # 1. The undisturbed run: here, one shard after another, one thread (as each Ray task has).
     reference = tmp_path / "reference.yaml"
@@ -176,12 +158,12 @@ def test_nodes_killed_mid_render_and_mid_training_leave_the_run_byte_identical(t
     assert log.count("the node it was running on is dead") >= 2  # Ray retried the lost tasks elsewhere
 
     # 3. Every output is the undisturbed run's, byte for byte (the report's markdown names its store).
-    ours, theirs = digests(config), digests(reference)
+    ours, theirs = manifests(config), manifests(reference)
     assert list(ours) == list(theirs)
     for label in ours:
         if label != "report":
-            assert ours[label] == theirs[label], label
-    assert ours["report"][0] == theirs["report"][0]
+            assert digests(ours[label]) == digests(theirs[label]), label
+    assert digests(ours["report"])[0] == digests(theirs["report"])[0]
 
     # 4. The killed training run resumed from its checkpoint; no run logged a step twice.
     assert "resuming from the checkpoint at step" in log
