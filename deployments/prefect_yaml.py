@@ -10,6 +10,7 @@ from semdpo_core.pipeline.stage_table import STAGES
 
 PREFECT_FILE = Path(__file__).resolve().parent.parent / "prefect.yaml"
 PREFECT_VERSION = "3.8.8"
+HEARTBEAT_SECONDS = 30  # Prefect's minimum; deployments/deploy.py's automation waits a few of them
 
 HEADER = f"""\
 # Deployments of the semdpo pipeline: the whole pipeline, and each stage alone.
@@ -29,13 +30,20 @@ pull:
       directory: "{{{{ $SEMDPO_PROJECT_DIR }}}}"
 
 definitions:
+  # every flow run of these deployments sends a heartbeat event every 30 s; the automation that
+  # `semdpo deploy` creates marks a run Crashed once they stop (its worker or machine died)
+  job_variables: &job_variables
+    env:
+      PREFECT_FLOWS_HEARTBEAT_FREQUENCY: "{HEARTBEAT_SECONDS}"
   work_pools:
     gpu: &gpu
       name: semdpo-gpu
       work_queue_name: default
+      job_variables: *job_variables
     cpu: &cpu
       name: semdpo-cpu
       work_queue_name: default
+      job_variables: *job_variables
 
 deployments:
   - name: pipeline

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -49,6 +51,29 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def prefect_api_of(error: Exception) -> str | None:
+    """The Prefect API's URL if a network error came from a request to it (not to a model hub or a store)."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = (PREFECT_API_URL.value() or "").rstrip("/")
+    try:
+        url = str(error.request.url)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # an httpx error raised without its request
+        return None
+    return api if api and url.startswith(api) else None
+
+
+def exit_within(seconds: float, code: int) -> NoReturn:
+    """Exit with `code`, and at the latest `seconds` from now: with the Prefect API gone, Prefect's
+    event and log workers try each event they hold for seconds at exit, which takes minutes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    deadline = threading.Timer(seconds, os._exit, args=(code,))
+    deadline.daemon = True  # the exit does not wait for it; it ends the workers' tries if they run long
+    deadline.start()
+    raise typer.Exit(code)
+
+
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="override a config field: section.field=value (repeatable)")
 ]
@@ -80,12 +105,21 @@ def run(
     except (ConfigError, PromptFileError, ModelNotFound, StoreError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    import httpx
+
     from flows.pipeline import UpstreamMissing, pipeline
     from semdpo_core.store.artifact_store import DatasetMissing
     from semdpo_core.store.backends import StoreUnavailable
 
     try:
         table = pipeline(config_path=config, overrides=set_ or [], stage=stage)
+    except httpx.TransportError as e:  # the Prefect API went away for longer than its client retries
+        if prefect_api_of(e) is None:
+            raise
+        typer.echo(f"\nerror: the Prefect API at {prefect_api_of(e)} did not answer ({e}). "
+                   f"Every finished stage and shard is kept in the store ({cfg.store_root()}): once the server is "
+                   "back, run the same command again; it recomputes nothing that was committed.", err=True)
+        exit_within(10, code=1)
     except StoreUnavailable as e:  # the store went away, the input is fine: its message says to rerun
         typer.echo(f"\nerror: {e}", err=True)
         raise typer.Exit(1) from None
@@ -432,13 +466,28 @@ def data_build(
 @one_line_errors
 def deploy(
     pool_type: Annotated[str, typer.Option(help="type of the work pools to create (process, docker, ...)")] = "process",
+    crash_after: Annotated[float, typer.Option(
+        help="seconds without a heartbeat after which a flow run is marked Crashed (heartbeats: every 30 s)")] = 90,
 ) -> None:
-    """Create the work pools and register every deployment in prefect.yaml (safe to repeat)."""
-    from deployments.deploy import ensure_work_pools, register_deployments, work_pools
+    """Create the work pools, the crash-detection automation, and register every deployment in
+    prefect.yaml (safe to repeat)."""
+    from deployments.deploy import (
+        CRASH_AUTOMATION,
+        crash_detection,
+        ensure_crash_detection,
+        ensure_work_pools,
+        register_deployments,
+        work_pools,
+    )
 
+    try:
+        crash_detection(crash_after)  # a bad --crash-after, before anything is created
+    except ValueError as e:
+        raise UserError(f"--crash-after: {e}") from None
     created = ensure_work_pools(work_pools(), pool_type)
     typer.echo(f"work pools: {', '.join(work_pools())} "
                f"({'created ' + ', '.join(created) if created else 'all existed'})")
+    typer.echo(f"automation {CRASH_AUTOMATION!r} ({crash_after:g} s): {ensure_crash_detection(crash_after)}")
     register_deployments()
 
 

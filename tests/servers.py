@@ -1,14 +1,17 @@
-"""Local servers for tests: moto's S3-compatible server, a TCP proxy that can be cut, and
-reading task states back from a Prefect API server."""
+"""Local servers for tests: moto's S3-compatible server, a TCP proxy that can be cut, a Prefect API
+server that can be stopped and started again, and reading task states back from it."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 
@@ -42,6 +45,45 @@ class MotoServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+class PrefectServer:
+    """`prefect server start` on 127.0.0.1 with its own SQLite database under `home`; `stop()` and
+    `start()` again bring it back on the same port with the same database, as a restart would."""
+
+    def __init__(self, home: Path, server_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "PREFECT_API_URL": self.url}  # the clients' environment
+        self.server_env = server_env or {}
+        self.log = home / "server.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        home = Path(self.env["PREFECT_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                env={**self.env, **self.server_env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{self.url}/health", timeout=1)  # open with basic auth on too
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Prefect server did not come up in {timeout:.0f} s; its log: {self.log}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+            self.process = None
 
 
 class Proxy:
@@ -144,8 +186,23 @@ def flow_run_logs(flow_run_name: str, api_url: str, wait_for: str, settle_s: flo
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])))
         while True:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
+            logs, page = [], None
+            while page is None or len(page) == 200:  # every page (a retried run has both attempts' logs)
+                page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                                        limit=200, offset=len(logs))
+                logs += page
             lines = [(log.name, log.message) for log in sorted(logs, key=lambda log: log.timestamp)]
             if any(wait_for in message for _, message in lines) or time.monotonic() > deadline:
                 return lines
             time.sleep(1)
+
+
+def flow_run_state(flow_run_name: str, api_url: str) -> tuple[str, str]:
+    """(state name, state message) of the flow run named `flow_run_name`, as the API has it now."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])))
+    return (run.state.name, run.state.message or "") if run.state else ("None", "")

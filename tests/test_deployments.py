@@ -7,7 +7,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,8 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.servers import final_task_states, flow_run_logs, free_port
+from deployments.deploy import CRASH_AUTOMATION
+from tests.servers import PrefectServer, final_task_states, flow_run_logs
 from tests.small import SMALL
 
 pytestmark = pytest.mark.slow
@@ -36,28 +38,15 @@ AUTH = "semdpo:test-only-secret"  # user:password of the basic-auth server; a te
 def prefect_server(tmp_path: Path, server_env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
     """A Prefect API server on 127.0.0.1 with its own SQLite database, `server_env` added to its
     environment only; yields the clients' environment and stops the server afterwards."""
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "SEMDPO_STORE": str(tmp_path / "store")}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)],
-                              env={**env, **(server_env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1)  # open with auth on too
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail("the Prefect server did not come up in 120 s")
+    server = PrefectServer(tmp_path / "prefect-home", server_env)
     try:
-        yield env
+        server.start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        yield {**server.env, "SEMDPO_STORE": str(tmp_path / "store")}
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
+        server.stop()
 
 
 @pytest.fixture
@@ -75,23 +64,25 @@ def prefect_api_with_auth(tmp_path):
         yield {**env, "PREFECT_API_AUTH_STRING": AUTH}
 
 
-def deploy(env: dict) -> subprocess.CompletedProcess:
-    """`semdpo deploy`: the work pools and every deployment of prefect.yaml."""
-    return subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=600)
+def deploy(env: dict, *options: str) -> subprocess.CompletedProcess:
+    """`semdpo deploy`: the work pools, the crash-detection automation and every deployment of prefect.yaml."""
+    return subprocess.run([sys.executable, "-m", "flows.cli", "deploy", *options], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600)
 
 
 @contextlib.contextmanager
-def worker(pool: str, env: dict, cwd: Path) -> Iterator[subprocess.Popen]:
+def worker(pool: str, env: dict, cwd: Path, log: Path | None = None) -> Iterator[subprocess.Popen]:
     """A process worker on `pool` for the duration of the block, polling every second (default 10 s)
-    so that a triggered run starts at once."""
+    so that a triggered run starts at once; its output (and its flow runs') goes to `log` if given."""
     env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool], env=env, cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with open(log or os.devnull, "a") as out:
+        process = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool], env=env,
+                                   cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield process
     finally:
-        os.killpg(process.pid, 15)
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed it
+            os.killpg(process.pid, 15)
         process.wait(timeout=60)
 
 
@@ -144,6 +135,16 @@ def test_deploy_trigger_watch_and_rerun_cached(tmp_path, prefect_api):
         deployed = deploy(env)
         assert deployed.returncode == 0, deployed.stderr[-3000:]
     assert "semdpo-cpu, semdpo-gpu (all existed)" in deployed.stdout
+    assert f"automation {CRASH_AUTOMATION!r} (90 s): unchanged" in deployed.stdout  # created once, not twice
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}), \
+            get_client(sync_client=True) as client:
+        [automation] = client.read_automations_by_name(CRASH_AUTOMATION)
+    assert automation.enabled and automation.trigger.posture == "Proactive"
+    assert automation.trigger.within.total_seconds() == 90 and automation.actions[0].state == "CRASHED"
+    redeployed = deploy(env, "--crash-after", "120")
+    assert f"automation {CRASH_AUTOMATION!r} (120 s): updated" in redeployed.stdout, redeployed.stderr[-3000:]
+    refused = deploy(env, "--crash-after", "20")  # shorter than the heartbeat: every run would crash
+    assert refused.returncode == 2 and "must exceed the heartbeat interval (30 s)" in refused.stderr, refused.stderr
     listed = prefect("deployment", "ls", env=env).stdout
     for name in ("pipeline", "prompts", "render", "train", "evaluate"):
         assert f"semdpo-pipeline/{name}" in listed
