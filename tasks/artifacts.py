@@ -1,6 +1,7 @@
 """What the Prefect UI shows of a run: a summary that says where to start (`semdpo-run`), the
 metrics as a table, the report with every plot inline, a table per stage output and progress
-of sharded stages. One key per artifact. An artifact is a view: its failure never fails a stage.
+of sharded stages. One key per artifact. An artifact is a view: its failure never fails a stage,
+and an unreachable API never holds the run up (see `publish`).
 
 Plots are embedded in markdown as data URIs: the UI renders images inside markdown, while a
 link to a file on the worker's disk (file://) is neither rendered nor opened from an http page.
@@ -11,15 +12,19 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from semdpo_core.human_eval.report import RATES_CAPTION
 from semdpo_core.human_eval.report import markdown as human_eval_markdown
@@ -38,9 +43,32 @@ from semdpo_core.study.study_report import StudySummary, figure_caption, figure_
 from semdpo_core.study.study_report import markdown as study_markdown
 
 log = logging.getLogger("semdpo.stages")
+T = TypeVar("T")
 
 DIGITS = 4  # significant digits of a number in a table artifact
 MAX_EMBEDDED_BYTES = 3_000_000  # a larger PNG is named, not embedded (requests past a proxy's limit fail)
+ARTIFACT_RETRIES = 1  # Prefect's client retries a request 5 times over about a minute: too long to hold a stage
+API_DOWN_SKIP_S = 30.0  # once the API is unreachable, artifacts are skipped this long before it is tried again
+_api_down_until = 0.0
+
+
+def publish(what: str, make: Callable[[], T], quiet: bool = False) -> T | None:
+    """`make()` an artifact, as a view: a failure is logged (at debug level if `quiet`) and gives None.
+    The run never waits on the UI: few client retries, and while the API is unreachable (a server
+    restart) artifacts are skipped for API_DOWN_SKIP_S seconds at a time."""
+    global _api_down_until
+    if time.monotonic() < _api_down_until:
+        return None
+    try:
+        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: ARTIFACT_RETRIES}):
+            return make()
+    except httpx.TransportError as e:
+        _api_down_until = time.monotonic() + API_DOWN_SKIP_S
+        log.warning("could not publish the %s artifact: the Prefect API did not answer (%s); artifacts are skipped "
+                    "for %.0f s, the run goes on (its results are in the store)", what, e, API_DOWN_SKIP_S)
+    except Exception as e:  # an artifact is a view; its failure must not fail the stage
+        (log.debug if quiet else log.warning)("could not publish the %s artifact: %s", what, e)
+    return None
 
 
 def artifact_key(name: str) -> str:
@@ -76,10 +104,7 @@ def publish_summary(ref: DatasetRef, manifest: dict[str, Any], key: str) -> None
     row = {"stage": ref.stage, "fingerprint": ref.fingerprint, "rows": manifest["rows"],
            "parts": len(manifest["parts"])}
     row.update({k: rounded(v) for k, v in manifest.get("meta", {}).items() if isinstance(v, (int, float, str))})
-    try:
-        create_table_artifact(key=key, table=[row], description=f"{ref.stage} output {ref}")
-    except Exception as e:  # an artifact is a view; its failure must not fail the stage
-        log.warning("could not publish the %s artifact: %s", ref.stage, e)
+    publish(ref.stage, lambda: create_table_artifact(key=key, table=[row], description=f"{ref.stage} output {ref}"))
 
 
 def progress_text(name: str, done: int, total: int) -> str:
@@ -89,21 +114,16 @@ def progress_text(name: str, done: int, total: int) -> str:
 
 def stage_progress(name: str, done: int, total: int) -> Any:
     """A progress artifact for a sharded stage (shown in the Prefect UI); None outside a run."""
-    try:
-        return create_progress_artifact(progress=100 * done / total, key=artifact_key(f"{name}-progress"),
-                                        description=progress_text(name, done, total))
-    except Exception as e:  # a view only: never fail the stage for it
-        log.debug("no progress artifact for %s: %s", name, e)
-        return None
+    return publish(f"{name} progress", lambda: create_progress_artifact(
+        progress=100 * done / total, key=artifact_key(f"{name}-progress"),
+        description=progress_text(name, done, total)), quiet=True)
 
 
 def update_stage_progress(artifact_id: Any, name: str, done: int, total: int) -> None:
     if artifact_id is not None:
-        try:
-            update_progress_artifact(artifact_id=artifact_id, progress=100 * done / total,
-                                     description=progress_text(name, done, total))
-        except Exception as e:
-            log.debug("progress artifact not updated: %s", e)
+        publish(f"{name} progress", lambda: update_progress_artifact(
+            artifact_id=artifact_id, progress=100 * done / total, description=progress_text(name, done, total)),
+            quiet=True)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -118,30 +138,23 @@ def publish_metrics(store: ArtifactStore, evaluation: DatasetRef) -> tuple[str, 
     table = store.read_table(evaluation, EVALUATION, columns=METRIC_COLUMNS)
     metrics = summarize(table)
     rows, text, images = metric_rows(metrics), format_metrics(metrics), table.num_rows
-    try:
-        create_table_artifact(key="semdpo-metrics", table=rows,
-                              description=f"mean ± std per method and metric; every one of {images} images scored "
-                                          "against the original prompt")
-    except Exception as e:  # a view only: the run's result stands
-        log.warning("could not publish the metrics artifact: %s", e)
+    publish("metrics", lambda: create_table_artifact(
+        key="semdpo-metrics", table=rows,
+        description=f"mean ± std per method and metric; every one of {images} images scored "
+                    "against the original prompt"))
     return text, rows
 
 
 def publish_report(store: ArtifactStore, ref: DatasetRef) -> None:
     """The report as Prefect artifacts (a failure is logged, never fails the run)."""
-    try:
-        publish_report_artifacts(store, ref)
-    except Exception as e:  # a view only: the report is in the store whatever happens here
-        log.warning("could not publish the report artifacts: %s", e)
+    publish("report", lambda: publish_report_artifacts(store, ref))
 
 
 def publish_backbones(markdown: str) -> None:
     """The backbones side by side (`semdpo-backbones`, paper Tables 5-7); a view, never a failure."""
-    try:
-        create_markdown_artifact(key="semdpo-backbones", markdown=markdown,
-                                 description="each backbone's scores, normalised within its datasets")
-    except Exception as e:  # a view only: every backbone's report is in the store
-        log.warning("could not publish the backbones artifact: %s", e)
+    publish("backbones", lambda: create_markdown_artifact(
+        key="semdpo-backbones", markdown=markdown,
+        description="each backbone's scores, normalised within its datasets"))
 
 
 def publish_report_artifacts(store: ArtifactStore, ref: DatasetRef) -> None:
@@ -178,36 +191,34 @@ def publish_report_artifacts(store: ArtifactStore, ref: DatasetRef) -> None:
 
 def publish_human_eval(folder: Path) -> None:
     """A human study's report (`semdpo-human-eval`), its plot inline; a view, never a failure."""
-    try:
+    def make() -> Any:
         summary = HumanSummary.model_validate_json((folder / "report.json").read_text(encoding="utf-8"))
         text = human_eval_markdown(summary) + "\n" + image_markdown((folder / "rates.png").read_bytes(), RATES_CAPTION,
                                                                    str(folder / "rates.png"))
-        create_markdown_artifact(key="semdpo-human-eval", markdown=text, description=f"human study {folder}")
-    except Exception as e:  # a view only: the report's files are in the folder
-        log.warning("could not publish the human study artifact: %s", e)
+        return create_markdown_artifact(key="semdpo-human-eval", markdown=text, description=f"human study {folder}")
+
+    publish("human study", make)
 
 
 def publish_study(store: ArtifactStore, ref: DatasetRef) -> None:
     """The study's report (`semdpo-study`), its figure inline; a view, never a failure."""
-    try:
+    def make() -> Any:
         summary = StudySummary.model_validate_json(store.read_file(ref, "report.json"))
         figure = image_markdown(store.read_file(ref, "figure.png"), figure_caption(summary.spec),
                                 store.file_url(ref, "figure.png"))
         text = study_markdown(summary) + figure_markdown(figure)
-        create_markdown_artifact(key="semdpo-study", markdown=text, description=f"study {ref}")
-    except Exception as e:  # a view only: the study's results are in the store
-        log.warning("could not publish the study artifact: %s", e)
+        return create_markdown_artifact(key="semdpo-study", markdown=text, description=f"study {ref}")
+
+    publish("study", make)
 
 
 def publish_run(config_name: str, store_root: str, record: str, states: dict[str, dict[str, Any]],
                 metrics: list[dict[str, str]] | None, seconds: float) -> None:
     """The run's summary (`semdpo-run`): where to start, the metrics, what each stage did and
     where everything is. A view only: a failure is logged."""
-    try:
-        markdown = run_markdown(config_name, store_root, record, states, metrics, seconds)
-        create_markdown_artifact(key="semdpo-run", markdown=markdown, description="start here")
-    except Exception as e:
-        log.warning("could not publish the run summary artifact: %s", e)
+    markdown = run_markdown(config_name, store_root, record, states, metrics, seconds)
+    publish("run summary", lambda: create_markdown_artifact(key="semdpo-run", markdown=markdown,
+                                                            description="start here"))
 
 
 def run_markdown(config_name: str, store_root: str, record: str, states: dict[str, dict[str, Any]],
