@@ -55,7 +55,8 @@ def crash_detection(silent_for_s: float) -> Any:
     from prefect.events.schemas.events import ResourceSpecification
 
     if silent_for_s <= HEARTBEAT_SECONDS:
-        raise ValueError(f"crash_after {silent_for_s:g} s must exceed the heartbeat interval ({HEARTBEAT_SECONDS} s)")
+        raise ValueError(f"{silent_for_s:g} s must exceed the heartbeat interval ({HEARTBEAT_SECONDS} s), "
+                         "or every run would be marked Crashed between two heartbeats")
     final = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
     return Automation(
         name=CRASH_AUTOMATION,
