@@ -114,9 +114,10 @@ def run(
     try:
         table = pipeline(config_path=config, overrides=set_ or [], stage=stage)
     except httpx.TransportError as e:  # the Prefect API went away for longer than its client retries
-        if prefect_api_of(e) is None:
+        api = prefect_api_of(e)
+        if api is None:
             raise
-        typer.echo(f"\nerror: the Prefect API at {prefect_api_of(e)} did not answer ({e}). "
+        typer.echo(f"\nerror: the Prefect API at {api} did not answer ({e}). "
                    f"Every finished stage and shard is kept in the store ({cfg.store_root()}): once the server is "
                    "back, run the same command again; it recomputes nothing that was committed.", err=True)
         exit_within(10, code=1)

@@ -25,6 +25,7 @@ from tests.servers import PrefectServer, flow_run_logs, flow_run_state
 from tests.small import merged
 from tests.test_deployments import deploy, flow_run_name, prefect, prefect_server, worker
 from tests.test_resume import SMALL as RESUMABLE
+from tests.test_resume import run_cli
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,10 +52,13 @@ def write_config(tmp_path: Path) -> tuple[Path, ArtifactStore, dict]:
     return path, ArtifactStore(config.store_root()), plan_pipeline(config).train
 
 
-def semdpo_run(config: Path, env: dict, log: Path) -> subprocess.Popen:
+def run_into_render(config: Path, env: dict, log: Path) -> subprocess.Popen:
+    """`semdpo run` started, returned once its render stage has begun (its output in `log`)."""
     with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(config)], stdout=out,
-                                stderr=subprocess.STDOUT, env={**env, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+        run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(config)], stdout=out,
+                               stderr=subprocess.STDOUT, env={**env, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    wait_for(lambda: "render render/" in log.read_text() or run.poll() is not None, 300, "render started")
+    return run
 
 
 def wait_for(condition, timeout: float, what: str, poll: float = 0.2) -> None:  # noqa: ANN001
@@ -70,6 +74,15 @@ def stage_states(log: str) -> dict[str, str]:
     return dict(re.findall(r"(?:^|-) +([\w:.@=-]+) +[0-9a-f]{16}  (\w+)$", log, re.MULTILINE))
 
 
+def rerun_reuses_everything(config: Path, env: dict) -> int:
+    """A rerun of the config computes nothing: every output is reused from the store. Returns how many."""
+    rerun = run_cli(config, env=env, cwd=ROOT)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    states = stage_states(rerun.stdout + rerun.stderr)
+    assert states and set(states.values()) == {"reused"}, states
+    return len(states)
+
+
 def test_api_server_stopped_30s_under_a_running_flow(tmp_path):
     server = PrefectServer(tmp_path / "prefect-home")
     server.start()
@@ -77,8 +90,7 @@ def test_api_server_stopped_30s_under_a_running_flow(tmp_path):
     first_log = tmp_path / "first.log"
     try:
         # 1. The run starts; once the render stage begins, the API server goes away for 30 s.
-        run = semdpo_run(config, server.env, first_log)
-        wait_for(lambda: "render render/" in first_log.read_text() or run.poll() is not None, 300, "render started")
+        run = run_into_render(config, server.env, first_log)
         server.stop()
         down = dt.datetime.now().time()
         time.sleep(OUTAGE_S)
@@ -97,15 +109,11 @@ def test_api_server_stopped_30s_under_a_running_flow(tmp_path):
         assert flow_run_state(name, server.url)[0] == "Completed"
 
         # 3. A rerun recomputes nothing: every output is reused from the store.
-        rerun = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True,
-                               text=True, env=server.env, cwd=ROOT, timeout=600)
-        assert rerun.returncode == 0, rerun.stderr[-4000:]
-        states = stage_states(rerun.stdout + rerun.stderr)
-        assert states and set(states.values()) == {"reused"}, states
+        reused = rerun_reuses_everything(config, server.env)
         stamps = [clock(stamp) for stamp, _ in STAMP.findall(log)]
         held = max(seconds_between(a, b) for a, b in zip(stamps, stamps[1:], strict=False))
         print(f"API outage: {OUTAGE_S} s from the start of the render stage; {len(during)} commits during it, at most "
-              f"{held:.1f} s between two; the run completed; the rerun reused all {len(states)} outputs "
+              f"{held:.1f} s between two; the run completed; the rerun reused all {reused} outputs "
               "(0 s of work redone)")
     finally:
         server.stop()
@@ -120,8 +128,7 @@ def test_api_server_gone_past_the_client_retries_stops_the_run_with_a_rerun_mess
     first_log = tmp_path / "first.log"
     env = {**server.env, "PREFECT_CLIENT_MAX_RETRIES": "0"}
     try:
-        run = semdpo_run(config, env, first_log)
-        wait_for(lambda: "render render/" in first_log.read_text() or run.poll() is not None, 300, "render started")
+        run = run_into_render(config, env, first_log)
         server.stop()
         assert run.wait(timeout=600) == 1, first_log.read_text()[-6000:]
         log = first_log.read_text()
@@ -130,11 +137,7 @@ def test_api_server_gone_past_the_client_retries_stops_the_run_with_a_rerun_mess
         assert "Traceback" not in log.split("error: the Prefect API")[1]  # one message, no traceback after it
 
         server.start()
-        rerun = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True,
-                               text=True, env=server.env, cwd=ROOT, timeout=600)
-        assert rerun.returncode == 0, rerun.stderr[-4000:]
-        states = stage_states(rerun.stdout + rerun.stderr)
-        assert states and set(states.values()) == {"reused"}, states
+        rerun_reuses_everything(config, server.env)
     finally:
         server.stop()
 
